@@ -1,0 +1,96 @@
+"""The one exception hierarchy of dtwz.
+
+Every error that dtwz raises on purpose is a ``DtwzError``; third-party errors
+(OSError, struct.error, ...) are translated at the boundary with ``raise X from exc``
+so callers never have to know which library sat underneath::
+
+    DtwzError
+    ├── FormatError                 bytes that do not parse (header, FOT entry, log record)
+    │   └── CorruptObject           an object that fails its checks (magic, CRC, ID, size)
+    ├── PointerError                a persistent pointer that cannot be followed
+    │   ├── NullPointer             the pointer is 0
+    │   ├── BadFotIndex             FOT index beyond the object's FOT
+    │   ├── InvalidFotEntry         the entry exists but is not VALID
+    │   ├── PointerOutOfBounds      offset in the header page or beyond the object
+    │   └── UnresolvedName          a name entry and no resolver could resolve it
+    ├── ObjectNotFound              no object with that ID in this store
+    ├── ObjectFull                  data and FOT would collide
+    ├── ReadOnlyObject              a write to an immutable object
+    ├── TransactionError            a transaction could not run as asked
+    │   ├── TransactionClosed       use of a committed or aborted transaction
+    │   └── TransactionConflict     a lock could not be taken in time; retry
+    └── StoreError                  the store folder is missing, foreign or unusable
+
+``InvalidArgument`` (also a ``ValueError``) covers bad sizes, offsets and flags
+given by a caller.
+"""
+
+from __future__ import annotations
+
+
+class DtwzError(Exception):
+    """Base of every error dtwz raises on purpose."""
+
+
+class InvalidArgument(DtwzError, ValueError):
+    """A caller passed a value outside what the operation accepts."""
+
+
+class FormatError(DtwzError):
+    """Bytes that do not decode into the structure they should hold."""
+
+
+class CorruptObject(FormatError):
+    """An object whose stored bytes fail their checks."""
+
+
+class PointerError(DtwzError):
+    """A persistent pointer that cannot be followed."""
+
+
+class NullPointer(PointerError):
+    """Dereference of the NULL pointer (offset 0 of the object itself)."""
+
+
+class BadFotIndex(PointerError):
+    """A pointer names an FOT entry that the object does not have."""
+
+
+class InvalidFotEntry(PointerError):
+    """A pointer names an FOT entry that is not marked VALID."""
+
+
+class PointerOutOfBounds(PointerError):
+    """A pointer's offset falls in the header page or beyond the target object."""
+
+
+class UnresolvedName(PointerError):
+    """A name entry that no resolver could turn into an object ID."""
+
+
+class ObjectNotFound(DtwzError):
+    """No object with this ID exists here."""
+
+
+class ObjectFull(DtwzError):
+    """The object's data area and FOT would overlap."""
+
+
+class ReadOnlyObject(DtwzError):
+    """A write to an immutable object after its creating transaction."""
+
+
+class TransactionError(DtwzError):
+    """A transaction could not run as asked."""
+
+
+class TransactionClosed(TransactionError):
+    """The transaction has already committed or aborted."""
+
+
+class TransactionConflict(TransactionError):
+    """A lock could not be taken in time (possible deadlock); abort and retry."""
+
+
+class StoreError(DtwzError):
+    """The store folder is missing, not a dtwz store, or unusable."""

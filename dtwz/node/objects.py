@@ -1,0 +1,172 @@
+"""A mapped object: zero-copy reads and bounds-checked pointer dereference.
+
+A ``StoredObject`` is one object file mapped shared into this process. Readers get
+read-only memoryviews straight into the mapping (no copy); only the store's commit
+path writes through the mapping, and only after the transaction's redo record is
+durable. FOT entries are append-only, so an entry once resolved to an object stays
+resolved: ``follow`` caches the target per index and the hot path is a list index,
+a mask and two comparisons.
+"""
+
+from __future__ import annotations
+
+import mmap
+import struct
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from dtwz.errors import (
+    BadFotIndex,
+    CorruptObject,
+    FormatError,
+    InvalidFotEntry,
+    NullPointer,
+    PointerOutOfBounds,
+    UnresolvedName,
+)
+from dtwz.ids import ObjectId
+from dtwz.layout import (
+    DATA_START,
+    FOT_ENTRY_SIZE,
+    HEADER_RECORD_SIZE,
+    FotEntry,
+    ObjectHeader,
+    fot_entry_offset,
+)
+from dtwz.pointers import OFFSET_BITS, OFFSET_MASK
+
+if TYPE_CHECKING:
+    from dtwz.node.store import Store
+
+NameResolver = Callable[[str, ObjectId], ObjectId]
+"""Turns a name held in a name FOT entry (and the object holding it) into an ID."""
+
+_U64 = struct.Struct("<Q")
+
+
+class StoredObject:
+    """One object of a store, mapped into this process."""
+
+    __slots__ = (
+        "_fot_lookup",
+        "_fot_scanned",
+        "_fot_targets",
+        "_map",
+        "_store",
+        "max_size",
+        "object_id",
+        "view",
+    )
+
+    def __init__(self, store: Store, object_id: ObjectId, mapping: mmap.mmap) -> None:
+        self._store = store
+        self.object_id = object_id
+        self._map = mapping
+        self.max_size = len(mapping)
+        self.view = memoryview(mapping).toreadonly()
+        # index -> resolved target (ID entries only); index 0 is this object itself
+        self._fot_targets: list[StoredObject | None] = [self]
+        # (target ID, flags) -> index, for reuse when storing pointers
+        self._fot_lookup: dict[tuple[bytes, int], int] = {}
+        self._fot_scanned = 0
+
+    # -- reading ---------------------------------------------------------------
+
+    def header(self) -> ObjectHeader:
+        """The header as committed now (re-read every call: other writers move it)."""
+        return ObjectHeader.decode(self.view[:HEADER_RECORD_SIZE], check_id=False)
+
+    def read(self, offset: int, length: int) -> memoryview:
+        """A zero-copy, read-only view of ``length`` bytes at ``offset``."""
+        if offset < DATA_START or length < 0 or offset + length > self.max_size:
+            raise PointerOutOfBounds(
+                f"read of {length} bytes at {offset:#x} is outside object "
+                f"{self.object_id.hex()} (data {DATA_START:#x}..{self.max_size:#x})"
+            )
+        return self.view[offset : offset + length]
+
+    def read_u64(self, offset: int) -> int:
+        if offset < DATA_START or offset + 8 > self.max_size:
+            raise PointerOutOfBounds(f"u64 at {offset:#x} is outside the object")
+        return int(_U64.unpack_from(self._map, offset)[0])
+
+    def fot_entry(self, index: int) -> FotEntry:
+        header = self.header()
+        if not 1 <= index <= header.fot_count:
+            raise BadFotIndex(
+                f"FOT index {index} not in 1..{header.fot_count} of object {self.object_id.hex()}"
+            )
+        at = fot_entry_offset(self.max_size, index)
+        try:
+            return FotEntry.decode(self.view[at : at + FOT_ENTRY_SIZE])
+        except FormatError as exc:
+            raise CorruptObject(f"FOT entry {index} of {self.object_id.hex()}: {exc}") from exc
+
+    def fot_entries(self) -> list[tuple[int, FotEntry]]:
+        return [(i, self.fot_entry(i)) for i in range(1, self.header().fot_count + 1)]
+
+    def entry_name(self, entry: FotEntry) -> str:
+        entry.check_name_bounds(self.header())
+        raw = bytes(self.view[entry.name_offset : entry.name_offset + entry.name_length])
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise CorruptObject("FOT name entry is not UTF-8") from exc
+
+    # -- pointers --------------------------------------------------------------
+
+    def follow(self, word: int) -> tuple[StoredObject, int]:
+        """Dereference a pointer stored in this object: ``(target object, offset)``."""
+        index = word >> OFFSET_BITS
+        offset = word & OFFSET_MASK
+        targets = self._fot_targets
+        target = targets[index] if index < len(targets) else None
+        if target is None:
+            target = self._resolve(index)
+        if offset < DATA_START or offset >= target.max_size:
+            if not word:
+                raise NullPointer("dereference of a NULL pointer")
+            raise PointerOutOfBounds(
+                f"pointer {index}:{offset:#x} is outside object {target.object_id.hex()} "
+                f"(data {DATA_START:#x}..{target.max_size:#x})"
+            )
+        return target, offset
+
+    def _resolve(self, index: int) -> StoredObject:
+        entry = self.fot_entry(index)  # raises BadFotIndex for a bad index
+        if not entry.is_valid:
+            raise InvalidFotEntry(f"FOT entry {index} of {self.object_id.hex()} is not valid")
+        if entry.is_name:
+            name = self.entry_name(entry)
+            resolver = self._store.name_resolver
+            if resolver is None:
+                raise UnresolvedName(f"no resolver for name {name!r} (FOT entry {index})")
+            # late binding: never cached here, the resolver owns name caching
+            return self._store.get(resolver(name, self.object_id))
+        assert entry.target is not None
+        target = self._store.get(entry.target)
+        targets = self._fot_targets
+        if len(targets) <= index:
+            targets.extend([None] * (index + 1 - len(targets)))
+        targets[index] = target
+        return target
+
+    def find_fot_entry(self, target: ObjectId, flags: int) -> int | None:
+        """Index of an existing ID entry for ``target`` with exactly ``flags``, if any."""
+        count = self.header().fot_count
+        lookup = self._fot_lookup
+        # entries are append-only: scan only those added since the last call
+        for index in range(self._fot_scanned + 1, count + 1):
+            entry = self.fot_entry(index)
+            if entry.target is not None:
+                lookup.setdefault((bytes(entry.target), int(entry.flags)), index)
+        self._fot_scanned = max(self._fot_scanned, count)
+        return lookup.get((bytes(target), flags))
+
+    # -- commit path (store only) ----------------------------------------------
+
+    def _apply(self, offset: int, data: bytes) -> None:
+        self._map[offset : offset + len(data)] = data
+
+    def __repr__(self) -> str:
+        return f"StoredObject({self.object_id.hex()}, max_size={self.max_size})"

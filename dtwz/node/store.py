@@ -1,0 +1,397 @@
+"""The node-local persistent object store.
+
+Theory of operation
+-------------------
+Objects are sparse files under ``objects/xx/<id>``, mapped shared into every
+process that opens the store, so reads are zero-copy memoryviews.
+
+Writes happen only in transactions (``dtwz.node.transaction``). A transaction
+locks each object it writes (two-phase locking), buffers its writes, and commits
+in three steps while holding the checkpoint lock shared:
+
+1. **append** its redo record to ``wal.log`` (one append at a time; ``log_end`` in
+   the control file says where the intact log ends, so a torn record left by a
+   process killed mid-append is cut off by the next appender);
+2. **make it durable** by group commit: after appending, a committer notes how many
+   log fsyncs had *started*; if one that started later has *completed* by the time
+   it holds the sync lock, its record is already durable and it skips the fsync.
+   Concurrent committers, threads or processes, thus share fsyncs;
+3. **apply** the writes to the mapped objects. Object locks are held from before
+   the append until after the apply, so transactions that touch a common object
+   apply in log order.
+
+Because a redo record is durable before any of its bytes reach an object (no
+"steal"), a crash at any instant leaves each object as of some prefix of the log
+plus nothing of later records. **Checkpoint/recovery** (at open, and when the log
+grows past ``checkpoint_bytes``) takes the checkpoint lock exclusively, replays
+every intact record (idempotent), fsyncs the touched objects and truncates the log.
+Opening therefore costs time in proportion to the log, not to the number of objects.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import mmap
+import os
+import struct
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
+
+from dtwz import views
+from dtwz.errors import CorruptObject, ObjectNotFound, StoreError
+from dtwz.ids import ObjectId
+from dtwz.layout import DATA_START, HEADER_RECORD_SIZE, ObjectHeader
+from dtwz.node.locks import (
+    APPEND_BYTE,
+    CHECKPOINT_BYTE,
+    SYNC_BYTE,
+    ObjectLocks,
+    ProcessMutex,
+    ProcessSharedLock,
+)
+from dtwz.node.objects import NameResolver, StoredObject
+from dtwz.node.redo import CreateOp, DeleteOp, RedoOp, WriteOp, decode_log
+
+if TYPE_CHECKING:
+    from dtwz.node.transaction import Transaction
+
+STORE_FORMAT = 1
+_CTL_MAGIC = b"DTWZCTL1"
+_CTL_SIZE = 4096
+_LOG_END = 16  # u64: end of the intact log
+_FSYNC_STARTED = 24  # u64: log fsyncs begun
+_FSYNC_DONE = 32  # u64: log fsyncs completed
+_U64 = struct.Struct("<Q")
+_MAX_OPEN_MAPPINGS = 4096
+L = TypeVar("L", bound=views.Layout)
+
+
+class Store:
+    """A store folder opened by this process. Safe to share between threads; any
+    number of processes may open the same folder at once."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        durable: bool = True,
+        checkpoint_bytes: int = 64 << 20,
+        lock_timeout: float = 5.0,
+        name_resolver: NameResolver | None = None,
+    ) -> None:
+        self.path = path
+        self.durable = durable
+        self.checkpoint_bytes = checkpoint_bytes
+        self.name_resolver = name_resolver
+        self._objects_dir = path / "objects"
+        self._mappings: dict[bytes, StoredObject] = {}
+        self._mappings_guard = threading.Lock()
+        self._closed = False
+        try:
+            meta = json.loads((path / "STORE").read_text())
+        except FileNotFoundError as exc:
+            raise StoreError(
+                f"{path} is not a dtwz store (no STORE file); run `dtwz init`"
+            ) from exc
+        except (OSError, ValueError) as exc:
+            raise StoreError(f"{path}/STORE is unreadable: {exc}") from exc
+        if not isinstance(meta, dict) or meta.get("format") != STORE_FORMAT:
+            raise StoreError(f"{path} holds an unknown store format {meta!r}")
+        self.store_id: str = str(meta.get("store_id", ""))
+        try:
+            self._ctl_fd = os.open(path / "store.ctl", os.O_RDWR)
+            self._log_fd = os.open(path / "wal.log", os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise StoreError(f"cannot open the control files of {path}: {exc}") from exc
+        self._ctl = mmap.mmap(self._ctl_fd, _CTL_SIZE)
+        if self._ctl[:8] != _CTL_MAGIC:
+            raise StoreError(f"{path}/store.ctl is corrupt (bad magic)")
+        self._checkpoint_lock = ProcessSharedLock(self._ctl_fd, CHECKPOINT_BYTE)
+        self._sync_lock = ProcessMutex(self._ctl_fd, SYNC_BYTE)
+        self._append_lock = ProcessMutex(self._ctl_fd, APPEND_BYTE)
+        self.object_locks = ObjectLocks(self._ctl_fd, lock_timeout)
+        self.stats = {"commits": 0, "fsyncs": 0, "checkpoints": 0, "replayed_records": 0}
+        self.checkpoint()  # recovery: redo whatever the log holds
+
+    # -- life cycle ------------------------------------------------------------
+
+    @classmethod
+    def init(cls, path: str | os.PathLike[str], **options: object) -> Store:
+        """Create a new, empty store folder (it may exist but must not hold a store)."""
+        root = Path(path)
+        if (root / "STORE").exists():
+            raise StoreError(f"{root} already holds a dtwz store")
+        objects = root / "objects"
+        for prefix in range(256):
+            (objects / f"{prefix:02x}").mkdir(parents=True, exist_ok=True)
+        ctl = bytearray(_CTL_SIZE)
+        ctl[:8] = _CTL_MAGIC
+        _write_durably(root / "store.ctl", bytes(ctl))
+        _write_durably(root / "wal.log", b"")
+        meta = {"format": STORE_FORMAT, "store_id": os.urandom(16).hex()}
+        _write_durably(root / "STORE", json.dumps(meta).encode() + b"\n")
+        return cls(root, **options)  # type: ignore[arg-type]
+
+    @classmethod
+    def open(
+        cls, path: str | os.PathLike[str], *, create: bool = False, **options: object
+    ) -> Store:
+        root = Path(path)
+        if create and not (root / "STORE").exists():
+            return cls.init(root, **options)
+        return cls(root, **options)  # type: ignore[arg-type]
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._mappings.clear()
+        self._ctl.close()
+        os.close(self._ctl_fd)
+        os.close(self._log_fd)
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- objects ---------------------------------------------------------------
+
+    def object_path(self, oid: bytes) -> Path:
+        hexid = oid.hex()
+        return self._objects_dir / hexid[:2] / hexid
+
+    def get(self, oid: ObjectId) -> StoredObject:
+        """The mapped object with this ID (``ObjectNotFound``, ``CorruptObject``)."""
+        obj = self._mappings.get(oid)
+        if obj is not None:
+            return obj
+        return self._map_object(oid)
+
+    def _map_object(self, oid: ObjectId) -> StoredObject:
+        path = self.object_path(oid)
+        try:
+            fd = os.open(path, os.O_RDWR)
+        except FileNotFoundError as exc:
+            raise ObjectNotFound(f"no object {oid.hex()} in store {self.path}") from exc
+        try:
+            size = os.fstat(fd).st_size
+            if size < HEADER_RECORD_SIZE:
+                raise CorruptObject(f"object {oid.hex()} is truncated ({size} bytes)")
+            header = ObjectHeader.decode(os.pread(fd, HEADER_RECORD_SIZE, 0))
+            if header.object_id != oid:
+                raise CorruptObject(f"file {path.name} holds object {header.object_id.hex()}")
+            if size != header.max_size:
+                raise CorruptObject(
+                    f"object {oid.hex()} is {size} bytes on disk, its header says {header.max_size}"
+                )
+            mapping = mmap.mmap(fd, size)
+        except CorruptObject as exc:
+            raise CorruptObject(f"{exc} ({path})") from exc
+        finally:
+            os.close(fd)
+        obj = StoredObject(self, ObjectId(oid), mapping)
+        with self._mappings_guard:
+            cached = self._mappings.get(oid)
+            if cached is not None:
+                return cached
+            if len(self._mappings) >= _MAX_OPEN_MAPPINGS:
+                # drop the oldest; views a caller still holds keep their mapping alive
+                del self._mappings[next(iter(self._mappings))]
+            self._mappings[oid] = obj
+        return obj
+
+    def exists(self, oid: ObjectId) -> bool:
+        return oid in self._mappings or self.object_path(oid).exists()
+
+    def read(self, oid: ObjectId, offset: int, length: int) -> memoryview:
+        """Zero-copy, read-only view of committed bytes of an object."""
+        obj = self._mappings.get(oid) or self.get(oid)
+        return obj.read(offset, length)
+
+    def header(self, oid: ObjectId) -> ObjectHeader:
+        return self.get(oid).header()
+
+    def object_ids(self) -> Iterator[ObjectId]:
+        """Every object in the store (reads the folder, not the objects)."""
+        for prefix in sorted(os.listdir(self._objects_dir)):
+            for name in sorted(os.listdir(self._objects_dir / prefix)):
+                if len(name) == 32:
+                    try:
+                        yield ObjectId.parse(name)
+                    except ValueError:
+                        continue
+
+    def view(self, layout: type[L], oid: ObjectId, offset: int = DATA_START) -> L:
+        """A read-only, zero-copy typed view at ``oid + offset``."""
+        return views.view(self, layout, oid, offset)  # type: ignore[no-any-return]
+
+    def transaction(self) -> Transaction:
+        from dtwz.node.transaction import Transaction
+
+        return Transaction(self)
+
+    # -- commit path -----------------------------------------------------------
+
+    def commit_record(self, record: bytes, ops: list[RedoOp]) -> None:
+        """Append, make durable and apply one transaction's redo record.
+
+        The caller holds the object locks of every object the ops write.
+        """
+        self._checkpoint_lock.acquire_shared()
+        try:
+            with self._append_lock:
+                end = _U64.unpack_from(self._ctl, _LOG_END)[0]
+                if os.fstat(self._log_fd).st_size != end:
+                    os.ftruncate(self._log_fd, end)  # a torn append by a dead process
+                os.pwrite(self._log_fd, record, end)
+                _U64.pack_into(self._ctl, _LOG_END, end + len(record))
+            if self.durable:
+                self._group_sync()
+            self._apply(ops)
+            self.stats["commits"] += 1
+            log_end = _U64.unpack_from(self._ctl, _LOG_END)[0]
+        finally:
+            self._checkpoint_lock.release_shared()
+        if log_end > self.checkpoint_bytes:
+            self.checkpoint()
+
+    def _group_sync(self) -> None:
+        started_before = _U64.unpack_from(self._ctl, _FSYNC_STARTED)[0]
+        with self._sync_lock:
+            if _U64.unpack_from(self._ctl, _FSYNC_DONE)[0] > started_before:
+                return  # a log fsync that began after our append has completed
+            ticket = _U64.unpack_from(self._ctl, _FSYNC_STARTED)[0] + 1
+            _U64.pack_into(self._ctl, _FSYNC_STARTED, ticket)
+            os.fdatasync(self._log_fd)
+            _U64.pack_into(self._ctl, _FSYNC_DONE, ticket)
+            self.stats["fsyncs"] += 1
+
+    def _apply(self, ops: list[RedoOp]) -> None:
+        fds: dict[bytes, int] = {}  # unmapped objects (new ones, mostly): one open each
+        try:
+            for op in ops:
+                if isinstance(op, WriteOp):
+                    obj = self._mappings.get(op.object_id)
+                    if obj is not None:
+                        obj._apply(op.offset, op.data)
+                        continue
+                    fd = fds.get(op.object_id)
+                    if fd is None:
+                        fd = fds[op.object_id] = os.open(
+                            self.object_path(op.object_id), os.O_WRONLY
+                        )
+                    os.pwrite(fd, op.data, op.offset)
+                elif isinstance(op, CreateOp):
+                    self._create_file(op.object_id, 1 << op.size_log2)
+                else:
+                    fd = fds.pop(op.object_id, None)
+                    if fd is not None:
+                        os.close(fd)
+                    self._delete_file(op.object_id)
+        finally:
+            for fd in fds.values():
+                os.close(fd)
+
+    def _pwrite(self, oid: ObjectId, offset: int, data: bytes) -> bool:
+        try:
+            fd = os.open(self.object_path(oid), os.O_WRONLY)
+        except FileNotFoundError:
+            return False  # deleted later in the log: replay will delete it again
+        try:
+            os.pwrite(fd, data, offset)
+        finally:
+            os.close(fd)
+        return True
+
+    def _create_file(self, oid: ObjectId, size: int) -> None:
+        try:
+            fd = os.open(self.object_path(oid), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return  # replaying a create that already happened
+        try:
+            os.ftruncate(fd, size)  # sparse: only written pages take space
+        finally:
+            os.close(fd)
+
+    def _delete_file(self, oid: ObjectId) -> None:
+        with self._mappings_guard:
+            self._mappings.pop(oid, None)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.object_path(oid))
+
+    # -- checkpoint and recovery ----------------------------------------------
+
+    def checkpoint(self) -> int:
+        """Redo the log into the objects, make them durable, empty the log.
+
+        Returns the number of records replayed. Safe with other processes using
+        the store: it waits until no transaction of any process is committing.
+        """
+        self._checkpoint_lock.acquire_exclusive()
+        try:
+            log_end = _U64.unpack_from(self._ctl, _LOG_END)[0]
+            size = os.fstat(self._log_fd).st_size
+            if size == 0 and log_end == 0:
+                return 0
+            # after a crash log_end may trail a complete record (killed before it
+            # moved log_end): redo every intact record the file holds
+            data = os.pread(self._log_fd, size, 0) if size else b""
+            records, _ = decode_log(data)
+            touched: set[bytes] = set()
+            for ops in records:
+                for op in ops:
+                    if isinstance(op, WriteOp):
+                        self._pwrite(op.object_id, op.offset, op.data)
+                    elif isinstance(op, CreateOp):
+                        self._create_file(op.object_id, 1 << op.size_log2)
+                    elif isinstance(op, DeleteOp):
+                        self._delete_file(op.object_id)
+                    touched.add(op.object_id)
+            self._sync_objects(touched)
+            os.ftruncate(self._log_fd, 0)
+            os.fsync(self._log_fd)
+            _U64.pack_into(self._ctl, _LOG_END, 0)
+            self.stats["checkpoints"] += 1
+            self.stats["replayed_records"] += len(records)
+            return len(records)
+        finally:
+            self._checkpoint_lock.release_exclusive()
+
+    def _sync_objects(self, oids: set[bytes]) -> None:
+        dirs: set[Path] = set()
+        for oid in oids:
+            path = self.object_path(oid)
+            dirs.add(path.parent)
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except FileNotFoundError:
+                continue
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        for folder in dirs:  # new and removed files: make the directory entries durable
+            fd = os.open(folder, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+
+def _write_durably(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

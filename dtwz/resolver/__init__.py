@@ -1,0 +1,1 @@
+"""The resolver: names and locations across the cluster (DESIGN.md section 3). Not built yet."""
