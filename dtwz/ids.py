@@ -70,6 +70,8 @@ def derive_object_id(nonce: bytes, kuid: bytes, flags: int, default_prot: int) -
     """The ID an object with this metadata must have."""
     if len(nonce) != 16 or len(kuid) != 16:
         raise FormatError("nonce and kuid are 16 bytes each")
+    if not (0 <= flags <= 0xFFFF and 0 <= default_prot <= 0xFFFF):
+        raise FormatError(f"flags {flags} and default_prot {default_prot} are u16 each")
     return fold(hashlib.sha256(_ID_INPUT.pack(nonce, kuid, flags, default_prot)).digest())
 
 

@@ -67,6 +67,25 @@ class ProcessMutex:
         self._local.release()
 
 
+class ProcessByte:
+    """A bare OFD lock byte, for callers that already serialise their own threads."""
+
+    def __init__(self, fd: int, byte: int) -> None:
+        self._fd = fd
+        self._byte = byte
+
+    def try_exclusive(self) -> bool:
+        return _ofd(self._fd, fcntl.F_WRLCK, self._byte, wait=False)
+
+    def release(self) -> None:
+        _ofd(self._fd, fcntl.F_UNLCK, self._byte, wait=False)
+
+    def wait_released(self) -> None:
+        """Sleep until no process holds the byte exclusively."""
+        _ofd(self._fd, fcntl.F_RDLCK, self._byte, wait=True)
+        _ofd(self._fd, fcntl.F_UNLCK, self._byte, wait=False)
+
+
 class ProcessSharedLock:
     """A readers-writer lock across threads and processes (writers preferred in-process).
 

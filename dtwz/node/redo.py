@@ -4,13 +4,17 @@ A transaction commits as one record; the record is durable before any of its
 writes reach an object, so recovery can always redo it (and redoing twice is
 harmless: every operation is idempotent when replayed in log order)::
 
-    record  = magic "DTXR" | total_len u32 | crc32 u32 | op_count u32 | op*
+    record  = magic "DTXR" | total_len u32 | crc32 u32 | op_count u32 | lsn u64 | salt u64
+              | op*
     op      = kind u8 | size_log2 u8 | zero u16 | length u32 | object_id[16] | offset u64
               | data[length]            (data only for WRITE)
 
-All integers are little-endian; ``crc32`` covers everything after it. A reader
-stops at the first record that is short, has a bad magic, length or checksum:
-that is the torn tail of a crash and was never acknowledged.
+All integers are little-endian; ``crc32`` covers everything after it. ``lsn`` is
+the record's own offset in the log and ``salt`` a random number of the store, so
+stale bytes past the log's end (a torn or abandoned append), or a record-shaped
+value inside some write's data, can never pass for a record where it lies. A
+reader stops at the first record that is short, misplaced, or has a bad magic,
+length or checksum: that is the torn tail of a crash and was never acknowledged.
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ from dtwz.errors import FormatError
 from dtwz.ids import ObjectId
 
 RECORD_MAGIC = b"DTXR"
-_RECORD = struct.Struct("<4sIII")
+_RECORD = struct.Struct("<4sIIIQQ")
+_CRC_FROM = 12  # the checksum covers the record from op_count on
 _OP = struct.Struct("<BBHI16sQ")
 RECORD_HEADER_SIZE = _RECORD.size
 OP_HEADER_SIZE = _OP.size
@@ -61,7 +66,16 @@ class DeleteOp:
 RedoOp = CreateOp | WriteOp | DeleteOp
 
 
-def encode_record(ops: Iterable[RedoOp]) -> bytes:
+def encode_log(records: Iterable[Iterable[RedoOp]], *, salt: int = 0) -> bytes:
+    """Records laid end to end from offset 0, as a store writes them (tests, tools)."""
+    out = bytearray()
+    for ops in records:
+        out += encode_record(ops, lsn=len(out), salt=salt)
+    return bytes(out)
+
+
+def encode_record(ops: Iterable[RedoOp], *, lsn: int = 0, salt: int = 0) -> bytes:
+    """One record, to be written at log offset ``lsn`` of a log with this ``salt``."""
     parts: list[bytes] = []
     count = 0
     for op in ops:
@@ -73,29 +87,34 @@ def encode_record(ops: Iterable[RedoOp]) -> bytes:
             parts.append(_OP.pack(OpKind.CREATE, op.size_log2, 0, 0, op.object_id, 0))
         else:
             parts.append(_OP.pack(OpKind.DELETE, 0, 0, 0, op.object_id, 0))
-    body = struct.pack("<I", count) + b"".join(parts)
-    total = RECORD_HEADER_SIZE - 4 + len(body)
+    body = struct.pack("<IQQ", count, lsn, salt) + b"".join(parts)
+    total = _CRC_FROM + len(body)
     if total > MAX_RECORD_SIZE:
         raise FormatError(f"transaction of {total} bytes exceeds the {MAX_RECORD_SIZE} limit")
     return struct.pack("<4sII", RECORD_MAGIC, total, zlib.crc32(body)) + body
 
 
-def decode_record(buf: bytes | memoryview, pos: int = 0) -> tuple[list[RedoOp], int]:
-    """Decode the record at ``pos``; return its ops and the offset after it.
+def decode_record(
+    buf: bytes | memoryview, pos: int = 0, *, salt: int = 0
+) -> tuple[list[RedoOp], int]:
+    """Decode the record at ``pos`` of a log; return its ops and the offset after it.
 
-    Raises ``FormatError`` for anything that is not a whole, intact record.
+    Raises ``FormatError`` for anything that is not a whole, intact record written
+    at exactly this position of a log with this ``salt``.
     """
     view = memoryview(buf)
     if len(view) - pos < RECORD_HEADER_SIZE:
         raise FormatError("short record header")
-    magic, total, crc, count = _RECORD.unpack_from(view, pos)
+    magic, total, crc, count, lsn, record_salt = _RECORD.unpack_from(view, pos)
     if magic != RECORD_MAGIC:
         raise FormatError("bad record magic")
     if total < RECORD_HEADER_SIZE or pos + total > len(view):
         raise FormatError("record length runs past the end of the log")
     end = pos + total
-    if zlib.crc32(view[pos + 12 : end]) != crc:
+    if zlib.crc32(view[pos + _CRC_FROM : end]) != crc:
         raise FormatError("record checksum mismatch")
+    if lsn != pos or record_salt != salt:
+        raise FormatError("record does not belong at this place of this log")
     ops: list[RedoOp] = []
     at = pos + RECORD_HEADER_SIZE
     for _ in range(count):
@@ -121,13 +140,13 @@ def decode_record(buf: bytes | memoryview, pos: int = 0) -> tuple[list[RedoOp], 
     return ops, end
 
 
-def decode_log(buf: bytes | memoryview) -> tuple[list[list[RedoOp]], int]:
+def decode_log(buf: bytes | memoryview, *, salt: int = 0) -> tuple[list[list[RedoOp]], int]:
     """All intact records from the start of a log, and where the intact prefix ends."""
     records: list[list[RedoOp]] = []
     pos = 0
     while pos < len(buf):
         try:
-            ops, pos_after = decode_record(buf, pos)
+            ops, pos_after = decode_record(buf, pos, salt=salt)
         except FormatError:
             break
         records.append(ops)

@@ -49,11 +49,12 @@ from dtwz.node.locks import (
     CHECKPOINT_BYTE,
     SYNC_BYTE,
     ObjectLocks,
+    ProcessByte,
     ProcessMutex,
     ProcessSharedLock,
 )
 from dtwz.node.objects import NameResolver, StoredObject
-from dtwz.node.redo import CreateOp, DeleteOp, RedoOp, WriteOp, decode_log
+from dtwz.node.redo import CreateOp, DeleteOp, RedoOp, WriteOp, decode_log, encode_record
 
 if TYPE_CHECKING:
     from dtwz.node.transaction import Transaction
@@ -64,6 +65,7 @@ _CTL_SIZE = 4096
 _LOG_END = 16  # u64: end of the intact log
 _FSYNC_STARTED = 24  # u64: log fsyncs begun
 _FSYNC_DONE = 32  # u64: log fsyncs completed
+_SALT = 40  # u64: random, fixed at init; in every redo record
 _U64 = struct.Struct("<Q")
 _MAX_OPEN_MAPPINGS = 4096
 L = TypeVar("L", bound=views.Layout)
@@ -109,8 +111,14 @@ class Store:
         self._ctl = mmap.mmap(self._ctl_fd, _CTL_SIZE)
         if self._ctl[:8] != _CTL_MAGIC:
             raise StoreError(f"{path}/store.ctl is corrupt (bad magic)")
+        self._salt = _U64.unpack_from(self._ctl, _SALT)[0]
         self._checkpoint_lock = ProcessSharedLock(self._ctl_fd, CHECKPOINT_BYTE)
-        self._sync_lock = ProcessMutex(self._ctl_fd, SYNC_BYTE)
+        self._sync_lock = ProcessByte(self._ctl_fd, SYNC_BYTE)
+        self._sync_cond = threading.Condition()
+        self._sync_leader = False
+        self._leader_gathering = False
+        self._appending = 0  # threads of this process between commit start and append
+        self.commit_delay = 0.0002
         self._append_lock = ProcessMutex(self._ctl_fd, APPEND_BYTE)
         self.object_locks = ObjectLocks(self._ctl_fd, lock_timeout)
         self.stats = {"commits": 0, "fsyncs": 0, "checkpoints": 0, "replayed_records": 0}
@@ -129,6 +137,7 @@ class Store:
             (objects / f"{prefix:02x}").mkdir(parents=True, exist_ok=True)
         ctl = bytearray(_CTL_SIZE)
         ctl[:8] = _CTL_MAGIC
+        ctl[_SALT : _SALT + 8] = os.urandom(8)
         _write_durably(root / "store.ctl", bytes(ctl))
         _write_durably(root / "wal.log", b"")
         meta = {"format": STORE_FORMAT, "store_id": os.urandom(16).hex()}
@@ -237,21 +246,26 @@ class Store:
 
     # -- commit path -----------------------------------------------------------
 
-    def commit_record(self, record: bytes, ops: list[RedoOp]) -> None:
+    def commit(self, ops: list[RedoOp]) -> None:
         """Append, make durable and apply one transaction's redo record.
 
         The caller holds the object locks of every object the ops write.
         """
         self._checkpoint_lock.acquire_shared()
         try:
-            with self._append_lock:
-                end = _U64.unpack_from(self._ctl, _LOG_END)[0]
-                if os.fstat(self._log_fd).st_size != end:
-                    os.ftruncate(self._log_fd, end)  # a torn append by a dead process
-                os.pwrite(self._log_fd, record, end)
-                _U64.pack_into(self._ctl, _LOG_END, end + len(record))
             if self.durable:
+                with self._sync_cond:
+                    self._appending += 1
+                try:
+                    self._append(ops)
+                finally:
+                    with self._sync_cond:
+                        self._appending -= 1
+                        if self._leader_gathering and not self._appending:
+                            self._sync_cond.notify_all()
                 self._group_sync()
+            else:
+                self._append(ops)
             self._apply(ops)
             self.stats["commits"] += 1
             log_end = _U64.unpack_from(self._ctl, _LOG_END)[0]
@@ -260,16 +274,63 @@ class Store:
         if log_end > self.checkpoint_bytes:
             self.checkpoint()
 
+    def _append(self, ops: list[RedoOp]) -> None:
+        with self._append_lock:
+            # Bytes a dead appender left past log_end are simply overwritten: records
+            # carry their own offset, so what remains of them never parses as one.
+            end = _U64.unpack_from(self._ctl, _LOG_END)[0]
+            record = encode_record(ops, lsn=end, salt=self._salt)
+            os.pwrite(self._log_fd, record, end)
+            _U64.pack_into(self._ctl, _LOG_END, end + len(record))
+
     def _group_sync(self) -> None:
+        """Return once the log is durable up to (at least) our append.
+
+        Threads of this process elect one leader at a time; the others sleep until
+        its fsync ends and then check whether it covered them. Across processes the
+        shared counters tell whether a log fsync that *started after our append* has
+        completed, in which case our record is already durable.
+        """
         started_before = _U64.unpack_from(self._ctl, _FSYNC_STARTED)[0]
-        with self._sync_lock:
-            if _U64.unpack_from(self._ctl, _FSYNC_DONE)[0] > started_before:
-                return  # a log fsync that began after our append has completed
-            ticket = _U64.unpack_from(self._ctl, _FSYNC_STARTED)[0] + 1
-            _U64.pack_into(self._ctl, _FSYNC_STARTED, ticket)
-            os.fdatasync(self._log_fd)
-            _U64.pack_into(self._ctl, _FSYNC_DONE, ticket)
-            self.stats["fsyncs"] += 1
+        with self._sync_cond:
+            while _U64.unpack_from(self._ctl, _FSYNC_DONE)[0] <= started_before:
+                if not self._sync_leader:
+                    self._sync_leader = True
+                    break
+                self._sync_cond.wait()
+            else:
+                return
+            # Commit delay: threads of ours are about to append; one fsync for all
+            # of them is cheaper than one each (PostgreSQL's commit_delay, bounded).
+            if self._appending:
+                self._leader_gathering = True
+                self._sync_cond.wait(self.commit_delay)
+                self._leader_gathering = False
+        try:
+            self._sync_across_processes(started_before)
+        finally:
+            with self._sync_cond:
+                self._sync_leader = False
+                self._sync_cond.notify_all()
+
+    def _sync_across_processes(self, started_before: int) -> None:
+        # One process at a time holds the sync byte exclusively while it fsyncs;
+        # the others wait on it *shared*, so they all wake together when it ends
+        # (a chain of exclusive hand-offs would wake them one by one).
+        while _U64.unpack_from(self._ctl, _FSYNC_DONE)[0] <= started_before:
+            if self._sync_lock.try_exclusive():
+                try:
+                    if _U64.unpack_from(self._ctl, _FSYNC_DONE)[0] > started_before:
+                        return  # another process's fsync covered us
+                    ticket = _U64.unpack_from(self._ctl, _FSYNC_STARTED)[0] + 1
+                    _U64.pack_into(self._ctl, _FSYNC_STARTED, ticket)
+                    os.fdatasync(self._log_fd)
+                    _U64.pack_into(self._ctl, _FSYNC_DONE, ticket)
+                    self.stats["fsyncs"] += 1
+                    return
+                finally:
+                    self._sync_lock.release()
+            self._sync_lock.wait_released()
 
     def _apply(self, ops: list[RedoOp]) -> None:
         fds: dict[bytes, int] = {}  # unmapped objects (new ones, mostly): one open each
@@ -341,7 +402,7 @@ class Store:
             # after a crash log_end may trail a complete record (killed before it
             # moved log_end): redo every intact record the file holds
             data = os.pread(self._log_fd, size, 0) if size else b""
-            records, _ = decode_log(data)
+            records, _ = decode_log(data, salt=self._salt)
             touched: set[bytes] = set()
             for ops in records:
                 for op in ops:

@@ -38,7 +38,7 @@ from dtwz.layout import (
     new_header,
 )
 from dtwz.node.locks import _Latch
-from dtwz.node.redo import CreateOp, DeleteOp, RedoOp, WriteOp, encode_record
+from dtwz.node.redo import CreateOp, DeleteOp, RedoOp, WriteOp
 from dtwz.pointers import make_pointer, split_pointer
 
 if TYPE_CHECKING:
@@ -55,6 +55,7 @@ class _Pending:
     """What one transaction has done to one object so far."""
 
     __slots__ = (
+        "base",
         "created",
         "deleted",
         "header",
@@ -67,6 +68,7 @@ class _Pending:
 
     def __init__(self, header: ObjectHeader, obj: StoredObject | None, latch: _Latch | None):
         self.header = header
+        self.base = header  # as committed when the lock was taken
         self.obj = obj
         self.latch = latch
         self.created = obj is None
@@ -180,8 +182,8 @@ class Transaction:
         if end > header.fot_start:
             raise ObjectFull(f"write at {offset:#x}..{end:#x} would overwrite the FOT")
         pending.writes.append((offset, bytes(data)))
-        if end > header.data_end:  # keep the allocator above everything written
-            pending.header = header.evolve(data_len=end - DATA_START)
+        # keep the allocator above everything written; a new header marks the object dirty
+        pending.header = header.evolve(data_len=max(header.data_len, end - DATA_START))
 
     def write_u64(self, oid: ObjectId, offset: int, value: int) -> None:
         self.write(oid, offset, _U64.pack(value))
@@ -330,7 +332,7 @@ class Transaction:
                 header = pending.header.evolve(version=pending.header.version + 1)
                 ops.append(WriteOp(object_id, 0, header.encode()))
             if ops:
-                self._store.commit_record(encode_record(ops), ops)
+                self._store.commit(ops)
         finally:
             self._finish()
 
