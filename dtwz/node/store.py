@@ -30,6 +30,7 @@ Opening therefore costs time in proportion to the log, not to the number of obje
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import json
 import mmap
@@ -41,7 +42,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from dtwz import views
-from dtwz.errors import CorruptObject, ObjectNotFound, StoreError
+from dtwz.errors import CorruptObject, FormatError, ObjectNotFound, StoreError
 from dtwz.ids import ObjectId
 from dtwz.layout import DATA_START, HEADER_RECORD_SIZE, ObjectHeader
 from dtwz.node.locks import (
@@ -232,7 +233,7 @@ class Store:
                 if len(name) == 32:
                     try:
                         yield ObjectId.parse(name)
-                    except ValueError:
+                    except FormatError:  # not an object file (FormatError is no ValueError)
                         continue
 
     def view(self, layout: type[L], oid: ObjectId, offset: int = DATA_START) -> L:
@@ -403,25 +404,53 @@ class Store:
             # moved log_end): redo every intact record the file holds
             data = os.pread(self._log_fd, size, 0) if size else b""
             records, _ = decode_log(data, salt=self._salt)
-            touched: set[bytes] = set()
-            for ops in records:
-                for op in ops:
-                    if isinstance(op, WriteOp):
-                        self._pwrite(op.object_id, op.offset, op.data)
-                    elif isinstance(op, CreateOp):
-                        self._create_file(op.object_id, 1 << op.size_log2)
-                    elif isinstance(op, DeleteOp):
-                        self._delete_file(op.object_id)
-                    touched.add(op.object_id)
+            touched = self._redo(records)
             self._sync_objects(touched)
+            # log_end first: a process killed between the two must not leave a stale
+            # log_end over an empty file, or the next append would land past a hole
+            # where recovery, reading from offset 0, never finds it
+            _U64.pack_into(self._ctl, _LOG_END, 0)
             os.ftruncate(self._log_fd, 0)
             os.fsync(self._log_fd)
-            _U64.pack_into(self._ctl, _LOG_END, 0)
             self.stats["checkpoints"] += 1
             self.stats["replayed_records"] += len(records)
             return len(records)
         finally:
             self._checkpoint_lock.release_exclusive()
+
+    def _redo(self, records: list[list[RedoOp]]) -> set[bytes]:
+        """Redo the records so that every byte is written once, with its newest value.
+
+        Checkpoints take no object locks, so transactions of other threads and
+        processes keep reading objects meanwhile. Replaying record after record
+        would put older bytes back for a moment (a lost update, or a torn header,
+        for whoever reads then). The newest bytes of each range are what the object
+        already holds unless a crash cut its apply short, so this rewrites nothing
+        that anyone can see change. Log order is apply order for any one object
+        (its lock is held from before the append until after the apply).
+        """
+        fate: dict[bytes, CreateOp | DeleteOp] = {}  # the last create or delete of each
+        writes: list[WriteOp] = []
+        for ops in records:
+            for op in ops:
+                if isinstance(op, WriteOp):
+                    writes.append(op)
+                else:
+                    fate[op.object_id] = op
+        for oid, op in fate.items():
+            if isinstance(op, DeleteOp):
+                self._delete_file(ObjectId(oid))
+            else:
+                self._create_file(ObjectId(oid), 1 << op.size_log2)
+        covered: dict[bytes, list[tuple[int, int]]] = {}
+        for op in reversed(writes):
+            if isinstance(fate.get(op.object_id), DeleteOp):
+                continue
+            spans = covered.setdefault(op.object_id, [])
+            start, end = op.offset, op.offset + len(op.data)
+            for lo, hi in _uncovered(spans, start, end):
+                self._pwrite(op.object_id, lo, op.data[lo - start : hi - start])
+        return {op.object_id for op in writes} | set(fate)
 
     def _sync_objects(self, oids: set[bytes]) -> None:
         dirs: set[Path] = set()
@@ -442,6 +471,27 @@ class Store:
                 os.fsync(fd)
             finally:
                 os.close(fd)
+
+
+def _uncovered(spans: list[tuple[int, int]], start: int, end: int) -> list[tuple[int, int]]:
+    """The parts of ``[start, end)`` outside ``spans`` (sorted, disjoint); adds it to them."""
+    i = bisect.bisect_right(spans, (start, start))
+    if i and spans[i - 1][1] >= start:
+        i -= 1
+    gaps: list[tuple[int, int]] = []
+    at, j = start, i
+    lo, hi = start, end
+    while j < len(spans) and spans[j][0] <= end:
+        s_lo, s_hi = spans[j]
+        if s_lo > at:
+            gaps.append((at, s_lo))
+        at = max(at, s_hi)
+        lo, hi = min(lo, s_lo), max(hi, s_hi)
+        j += 1
+    if at < end:
+        gaps.append((at, end))
+    spans[i:j] = [(lo, hi)]
+    return gaps
 
 
 def _write_durably(path: Path, data: bytes) -> None:
