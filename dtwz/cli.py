@@ -647,3 +647,6 @@ def checkpoint(cfg: CliConfig, as_json: bool) -> None:
 def main(argv: list[str] | None = None) -> None:
     """The ``dtwz`` console script."""
     cli.main(args=argv, prog_name="dtwz")
+
+
+import dtwz.cli_cluster  # noqa: E402, F401  (registers the node, cluster and remote groups)

@@ -19,7 +19,12 @@ so callers never have to know which library sat underneath::
     ├── TransactionError            a transaction could not run as asked
     │   ├── TransactionClosed       use of a committed or aborted transaction
     │   └── TransactionConflict     a lock could not be taken in time; retry
-    └── StoreError                  the store folder is missing, foreign or unusable
+    ├── StoreError                  the store folder is missing, foreign or unusable
+    ├── ProtocolError               frames that are not a well-formed peer message
+    └── ClusterError                a request that needs another node failed
+        ├── PeerUnavailable         a peer did not answer within the timeout
+        ├── HomeUnreachable         the object's home node is dead or cut off
+        └── StaleLocation           a location record was older than the truth; retried
 
 ``InvalidArgument`` (also a ``ValueError``) covers bad sizes, offsets and flags
 given by a caller.
@@ -94,3 +99,23 @@ class TransactionConflict(TransactionError):
 
 class StoreError(DtwzError):
     """The store folder is missing, not a dtwz store, or unusable."""
+
+
+class ProtocolError(DtwzError):
+    """Frames that are not a well-formed message of the peer protocol."""
+
+
+class ClusterError(DtwzError):
+    """A request that needed another node could not be served."""
+
+
+class PeerUnavailable(ClusterError):
+    """A peer did not answer within the request timeout."""
+
+
+class HomeUnreachable(ClusterError):
+    """The home node of an object is dead, unknown or cut off."""
+
+
+class StaleLocation(ClusterError):
+    """A location record turned out older than the truth."""

@@ -186,7 +186,8 @@ class Pointer(Field):
         else:
             raise InvalidArgument(f"{self.name}: a pointer takes a view, a Ref or None")
         tx = view._tx
-        assert tx is not None
+        if tx is None:
+            raise InvalidArgument("this view is read-only: open it with tx.view() to write")
         return self._u64.pack(tx.pointer_to(view._oid, ref.object_id, ref.offset, self.flags))
 
 

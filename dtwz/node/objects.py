@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import mmap
 import struct
+import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from dtwz.errors import (
     BadFotIndex,
@@ -22,6 +23,7 @@ from dtwz.errors import (
     InvalidFotEntry,
     NullPointer,
     PointerOutOfBounds,
+    TransactionConflict,
     UnresolvedName,
 )
 from dtwz.ids import ObjectId
@@ -35,11 +37,17 @@ from dtwz.layout import (
 )
 from dtwz.pointers import OFFSET_BITS, OFFSET_MASK
 
-if TYPE_CHECKING:
-    from dtwz.node.store import Store
-
 NameResolver = Callable[[str, ObjectId], ObjectId]
 """Turns a name held in a name FOT entry (and the object holding it) into an ID."""
+
+
+class ObjectSource(Protocol):
+    """Where a mapped object finds the targets of its pointers: a local store, a
+    node's store plus its copies of remote objects, or a client's cache."""
+
+    name_resolver: NameResolver | None
+
+    def get(self, oid: ObjectId) -> StoredObject: ...
 
 _U64 = struct.Struct("<Q")
 
@@ -52,13 +60,15 @@ class StoredObject:
         "_fot_scanned",
         "_fot_targets",
         "_map",
+        "_seq",
         "_store",
+        "deleted",
         "max_size",
         "object_id",
         "view",
     )
 
-    def __init__(self, store: Store, object_id: ObjectId, mapping: mmap.mmap) -> None:
+    def __init__(self, store: ObjectSource, object_id: ObjectId, mapping: mmap.mmap) -> None:
         self._store = store
         self.object_id = object_id
         self._map = mapping
@@ -69,6 +79,10 @@ class StoredObject:
         # (target ID, flags) -> index, for reuse when storing pointers
         self._fot_lookup: dict[tuple[bytes, int], int] = {}
         self._fot_scanned = 0
+        # odd while this process applies a commit to the object (a seqlock for readers
+        # that copy bytes out, such as a node serving a fetch)
+        self._seq = 0
+        self.deleted = False  # set by the store when this process deletes the object
 
     # -- reading ---------------------------------------------------------------
 
@@ -121,7 +135,7 @@ class StoredObject:
         offset = word & OFFSET_MASK
         targets = self._fot_targets
         target = targets[index] if index < len(targets) else None
-        if target is None:
+        if target is None or (index and target.deleted):  # no stale cached target
             target = self._resolve(index)
         if offset < DATA_START or offset >= target.max_size:
             if not word:
@@ -162,6 +176,17 @@ class StoredObject:
                 lookup.setdefault((bytes(entry.target), int(entry.flags)), index)
         self._fot_scanned = max(self._fot_scanned, count)
         return lookup.get((bytes(target), flags))
+
+    def snapshot(self, ranges: list[tuple[int, int]], attempts: int = 100) -> list[bytes]:
+        """Copies of byte ranges all from one commit (retried while one is being applied)."""
+        for _ in range(attempts):
+            seq = self._seq
+            if not seq & 1:
+                out = [bytes(self.view[a:b]) for a, b in ranges]
+                if self._seq == seq:
+                    return out
+            time.sleep(0)  # let the committing thread finish
+        raise TransactionConflict(f"object {self.object_id.hex()} kept changing while copied")
 
     # -- commit path (store only) ----------------------------------------------
 

@@ -124,7 +124,7 @@ def decode_record(
         at += OP_HEADER_SIZE
         if zero:
             raise FormatError("non-zero reserved op bytes")
-        if kind == OpKind.WRITE:
+        if kind == OpKind.WRITE and not log2:
             if at + length > end:
                 raise FormatError("write data runs past the record")
             ops.append(WriteOp(ObjectId(oid), offset, bytes(view[at : at + length])))

@@ -109,9 +109,17 @@ class Store:
             self._log_fd = os.open(path / "wal.log", os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
             raise StoreError(f"cannot open the control files of {path}: {exc}") from exc
-        self._ctl = mmap.mmap(self._ctl_fd, _CTL_SIZE)
-        if self._ctl[:8] != _CTL_MAGIC:
-            raise StoreError(f"{path}/store.ctl is corrupt (bad magic)")
+        try:
+            self._ctl = mmap.mmap(self._ctl_fd, _CTL_SIZE)  # ValueError if the file is short
+            if self._ctl[:8] != _CTL_MAGIC:
+                self._ctl.close()
+                raise StoreError(f"{path}/store.ctl is corrupt (bad magic)")
+        except (OSError, ValueError, StoreError) as exc:
+            os.close(self._ctl_fd)
+            os.close(self._log_fd)
+            if isinstance(exc, StoreError):
+                raise
+            raise StoreError(f"{path}/store.ctl is corrupt: {exc}") from exc
         self._salt = _U64.unpack_from(self._ctl, _SALT)[0]
         self._checkpoint_lock = ProcessSharedLock(self._ctl_fd, CHECKPOINT_BYTE)
         self._sync_lock = ProcessByte(self._ctl_fd, SYNC_BYTE)
@@ -188,6 +196,8 @@ class Store:
             fd = os.open(path, os.O_RDWR)
         except FileNotFoundError as exc:
             raise ObjectNotFound(f"no object {oid.hex()} in store {self.path}") from exc
+        except OSError as exc:  # a folder in its place, no permission, ...
+            raise StoreError(f"cannot open object {oid.hex()}: {exc}") from exc
         try:
             size = os.fstat(fd).st_size
             if size < HEADER_RECORD_SIZE:
@@ -335,12 +345,15 @@ class Store:
 
     def _apply(self, ops: list[RedoOp]) -> None:
         fds: dict[bytes, int] = {}  # unmapped objects (new ones, mostly): one open each
+        mapped = {m for op in ops if (m := self._mappings.get(op.object_id)) is not None}
+        for obj in mapped:
+            obj._seq += 1  # odd: being applied
         try:
             for op in ops:
                 if isinstance(op, WriteOp):
-                    obj = self._mappings.get(op.object_id)
-                    if obj is not None:
-                        obj._apply(op.offset, op.data)
+                    target = self._mappings.get(op.object_id)
+                    if target is not None:
+                        target._apply(op.offset, op.data)
                         continue
                     fd = fds.get(op.object_id)
                     if fd is None:
@@ -358,6 +371,8 @@ class Store:
         finally:
             for fd in fds.values():
                 os.close(fd)
+            for obj in mapped:
+                obj._seq += 1
 
     def _pwrite(self, oid: ObjectId, offset: int, data: bytes) -> bool:
         try:
@@ -371,10 +386,19 @@ class Store:
         return True
 
     def _create_file(self, oid: ObjectId, size: int) -> None:
+        path = self.object_path(oid)
         try:
-            fd = os.open(self.object_path(oid), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         except FileExistsError:
-            return  # replaying a create that already happened
+            # replaying a create that already happened, or one whose process was
+            # killed between the open and the ftruncate: finish that one
+            fd = os.open(path, os.O_WRONLY)
+            try:
+                if os.fstat(fd).st_size < size:
+                    os.ftruncate(fd, size)
+            finally:
+                os.close(fd)
+            return
         try:
             os.ftruncate(fd, size)  # sparse: only written pages take space
         finally:
@@ -382,7 +406,9 @@ class Store:
 
     def _delete_file(self, oid: ObjectId) -> None:
         with self._mappings_guard:
-            self._mappings.pop(oid, None)
+            gone = self._mappings.pop(oid, None)
+        if gone is not None:
+            gone.deleted = True  # pointers that cached it must look it up again
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.object_path(oid))
 

@@ -19,12 +19,15 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from dtwz import views
 from dtwz.errors import (
     BadFotIndex,
+    CorruptObject,
     InvalidArgument,
+    InvalidFotEntry,
     NullPointer,
     ObjectFull,
     PointerOutOfBounds,
     ReadOnlyObject,
     TransactionClosed,
+    UnresolvedName,
 )
 from dtwz.ids import ZERO_ID, ObjectId, new_nonce
 from dtwz.layout import (
@@ -151,9 +154,9 @@ class Transaction:
 
     def read(self, oid: ObjectId, offset: int, length: int) -> bytes:
         """Bytes as this transaction sees them (committed bytes plus its own writes)."""
-        pending = self._pending.get(oid)
-        if pending is None:
-            return bytes(self._store.get(oid).read(offset, length))
+        # reading locks the object too (two-phase locking): a read-modify-write that
+        # read without the lock would lose concurrent updates
+        pending = self._pending.get(oid) or self._touch(oid)
         if offset < DATA_START or length < 0 or offset + length > pending.header.max_size:
             raise PointerOutOfBounds(f"read of {length} bytes at {offset:#x} is outside the object")
         if pending.obj is not None:
@@ -285,6 +288,8 @@ class Transaction:
             if not word:
                 raise NullPointer("dereference of a NULL pointer")
             target = ObjectId(source)
+        if target is None and pending is not None and index > pending.base.fot_count:
+            target = self._own_fot_target(pending, source, index)  # added by this tx
         if target is None:
             if pending is not None and pending.obj is None:
                 raise BadFotIndex(f"FOT index {index} not in this new object's FOT")
@@ -293,6 +298,27 @@ class Transaction:
         if offset < DATA_START or offset >= self.header(target).max_size:
             raise PointerOutOfBounds(f"pointer {index}:{offset:#x} is outside its target")
         return target, offset
+
+    def _own_fot_target(self, pending: _Pending, source: ObjectId, index: int) -> ObjectId:
+        """Resolve an FOT entry that this transaction added (not in the object yet)."""
+        header = pending.header
+        if index > header.fot_count:
+            raise BadFotIndex(f"FOT index {index} not in 1..{header.fot_count} of {source.hex()}")
+        raw = self.read(source, fot_entry_offset(header.max_size, index), FOT_ENTRY_SIZE)
+        entry = FotEntry.decode(raw)
+        if not entry.is_valid:
+            raise InvalidFotEntry(f"FOT entry {index} of {source.hex()} is not valid")
+        if entry.target is not None:
+            return entry.target
+        entry.check_name_bounds(header)
+        try:
+            name = self.read(source, entry.name_offset, entry.name_length).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise CorruptObject("FOT name entry is not UTF-8") from exc
+        resolver = self._store.name_resolver
+        if resolver is None:
+            raise UnresolvedName(f"no resolver for name {name!r} (FOT entry {index})")
+        return resolver(name, ObjectId(source))
 
     # -- typed views (dtwz.views) ----------------------------------------------
 

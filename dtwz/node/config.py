@@ -1,0 +1,113 @@
+"""One node's configuration: typed defaults, filled from a file, ``DTWZ_*`` variables
+and flags, in that order of precedence (flags win).
+
+Defaults are safe: everything binds to loopback. A TOML file holds the same keys
+as the dataclass fields (``node_id = "n1"``, ``seeds = ["tcp://10.0.0.2:7100"]``);
+environment variables are the upper-cased field names with the ``DTWZ_`` prefix
+(``DTWZ_PEER_PORT=7101``, ``DTWZ_SEEDS=tcp://a:7100,tcp://b:7100``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dtwz.errors import InvalidArgument
+
+
+@dataclass
+class NodeConfig:
+    node_id: str = field(default_factory=lambda: socket.gethostname())
+    data_dir: Path = Path("data/node")
+    bind_host: str = "127.0.0.1"
+    advertise_host: str = ""  # the name peers and clients use; bind_host if empty
+    peer_port: int = 7100
+    http_port: int = 7000
+    seeds: list[str] = field(default_factory=list)
+    heartbeat_interval: float = 0.25
+    suspect_after: float = 1.0
+    dead_after: float = 2.0
+    request_timeout: float = 2.0
+    directory_copies: int = 3
+    durable: bool = True
+
+    @property
+    def host(self) -> str:
+        return self.advertise_host or self.bind_host
+
+    @property
+    def peer_addr(self) -> str:
+        return f"tcp://{self.host}:{self.peer_port}"
+
+    @property
+    def http_addr(self) -> str:
+        return f"http://{self.host}:{self.http_port}"
+
+    def validate(self) -> NodeConfig:
+        if not self.node_id or len(self.node_id) > 64 or "/" in self.node_id:
+            raise InvalidArgument(f"node_id must be 1-64 characters without '/': {self.node_id!r}")
+        for port in (self.peer_port, self.http_port):
+            if not 0 < port < 65536:
+                raise InvalidArgument(f"port {port} out of range")
+        if not 0 < self.heartbeat_interval < self.suspect_after <= self.dead_after:
+            raise InvalidArgument("need 0 < heartbeat_interval < suspect_after <= dead_after")
+        if self.directory_copies < 1 or self.request_timeout <= 0:
+            raise InvalidArgument("directory_copies >= 1 and request_timeout > 0")
+        return self
+
+    @classmethod
+    def load(
+        cls,
+        file: str | os.PathLike[str] | None = None,
+        env: Mapping[str, str] | None = None,
+        **flags: Any,
+    ) -> NodeConfig:
+        """Defaults, then the file, then ``DTWZ_*`` variables, then non-None flags."""
+        values: dict[str, Any] = {}
+        if file is not None:
+            try:
+                values.update(tomllib.loads(Path(file).read_text()))
+            except (OSError, tomllib.TOMLDecodeError) as exc:
+                raise InvalidArgument(f"cannot read config file {file}: {exc}") from exc
+        env = os.environ if env is None else env
+        names = {f.name for f in dataclasses.fields(cls)}
+        for name in names:
+            raw = env.get("DTWZ_" + name.upper())
+            if raw is not None:
+                values[name] = raw
+        values.update({k: v for k, v in flags.items() if v is not None})
+        unknown = set(values) - names
+        if unknown:
+            raise InvalidArgument(f"unknown config keys: {', '.join(sorted(unknown))}")
+        return cls(**{k: _coerce(cls, k, v) for k, v in values.items()}).validate()
+
+
+def _coerce(cls: type, name: str, value: Any) -> Any:
+    default = next(f for f in dataclasses.fields(cls) if f.name == name)
+    sample = default.default if default.default is not dataclasses.MISSING else None
+    if default.default_factory is not dataclasses.MISSING:
+        sample = default.default_factory()
+    try:
+        if isinstance(sample, bool):
+            if isinstance(value, str):
+                return value.strip().lower() in ("1", "true", "yes", "on")
+            return bool(value)
+        if isinstance(sample, int):
+            return int(value)
+        if isinstance(sample, float):
+            return float(value)
+        if isinstance(sample, Path):
+            return Path(value)
+        if isinstance(sample, list):
+            if isinstance(value, str):
+                return [s.strip() for s in value.split(",") if s.strip()]
+            return list(value)
+        return str(value)
+    except (TypeError, ValueError) as exc:
+        raise InvalidArgument(f"config {name}: bad value {value!r}") from exc

@@ -1,0 +1,389 @@
+"""The node's HTTP API: the one module that builds the aiohttp application.
+
+JSON for metadata, raw bytes for object contents. Errors are JSON
+``{"error": <dtwz.errors class name>, "message": ...}`` with a status that fits
+(404 unknown object, 400 bad input, 409 conflicts and full or immutable objects,
+503 when another node is needed and cannot be reached), so ``dtwz.client``
+raises the same exception type the node raised.
+
+Routes::
+
+    GET  /health /ready /metrics /cluster /
+    POST /objects?size=&flags=&prot=&node=       body: initial data -> {"id", ...}
+    GET  /objects/{id}                           metadata, FOT, home, version
+    GET  /objects/{id}/data?offset=&length=&latest=1   raw bytes
+    GET  /objects/{id}/image?latest=1            header record + data + FOT (client copies)
+    PUT  /objects/{id}/data?offset=              body: bytes -> {"version"}
+    POST /objects/{id}/append                    body: bytes -> {"offset", "version"}
+    POST /objects/{id}/pointer                   {"at", "target", "target_offset"}
+    POST /transact                               {"txn_id", "ops": [...]}
+    GET  /locate/{id}                            home, version, epoch, copies
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from dtwz import errors
+from dtwz.errors import DtwzError, InvalidArgument
+from dtwz.ids import ObjectId
+from dtwz.layout import DATA_START, HEADER_RECORD_SIZE, FotEntry, ObjectHeader
+from dtwz.node.protocol import Create, Created, TxOp
+from dtwz.node.service import OP_ALLOC, OP_APPEND, OP_POINTER, OP_WRITE
+
+if TYPE_CHECKING:
+    from dtwz.node.server import Node
+
+_STATUS = {
+    "ObjectNotFound": 404, "InvalidArgument": 400, "FormatError": 400, "PointerError": 400,
+    "PointerOutOfBounds": 400, "NullPointer": 400, "BadFotIndex": 400, "InvalidFotEntry": 400,
+    "TransactionConflict": 409, "ObjectFull": 409, "ReadOnlyObject": 409,
+    "HomeUnreachable": 503, "PeerUnavailable": 503, "ClusterError": 503, "StaleLocation": 503,
+    "CorruptObject": 500,
+}  # fmt: skip
+_OP_KINDS = {"write": OP_WRITE, "append": OP_APPEND, "pointer": OP_POINTER, "alloc": OP_ALLOC}
+
+NODE_KEY = web.AppKey("node", object)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class _NodeCollector(Collector):
+    """Exports the node's counters at scrape time (no bookkeeping on the hot path)."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+
+    def collect(self) -> Any:
+        status = self.node.status()
+        for section in ("store", "peer", "service", "cache", "node"):
+            family = GaugeMetricFamily(
+                f"dtwz_{section}", f"dtwz {section} counters", labels=["name"]
+            )
+            for name, value in status[section].items():
+                family.add_metric([name], float(value))
+            yield family
+        yield GaugeMetricFamily("dtwz_members_alive", "live members", value=sum(
+            m["state"] in ("alive", "suspect") for m in status["members"]))  # fmt: skip
+        yield GaugeMetricFamily("dtwz_copies", "copies of remote objects", value=status["copies"])
+
+
+def _oid(request: web.Request, key: str = "id") -> ObjectId:
+    try:
+        return ObjectId.parse(request.match_info[key])
+    except DtwzError as exc:
+        raise InvalidArgument(str(exc)) from exc
+
+
+def _int(request: web.Request, key: str, default: int | None = None) -> int:
+    raw = request.query.get(key)
+    if raw is None:
+        if default is None:
+            raise InvalidArgument(f"query parameter {key!r} is required")
+        return default
+    try:
+        return int(raw, 0)
+    except ValueError as exc:
+        raise InvalidArgument(f"{key}={raw!r} is not an integer") from exc
+
+
+def _flag(request: web.Request, key: str) -> bool:
+    return request.query.get(key, "0").lower() in ("1", "true", "yes")
+
+
+def _node(request: web.Request) -> Node:
+    return request.app[NODE_KEY]  # type: ignore[return-value]
+
+
+def build_app(node: Node) -> web.Application:
+    registry = CollectorRegistry()
+    registry.register(_NodeCollector(node))
+    requests = Counter("dtwz_http_requests", "HTTP requests", ["route", "status"],
+                       registry=registry)  # fmt: skip
+    latency = Histogram("dtwz_http_latency_seconds", "HTTP request latency", ["route"],
+                        registry=registry)  # fmt: skip
+
+    @web.middleware
+    async def errors_and_metrics(request: web.Request, handler: Handler) -> web.StreamResponse:
+        start = time.perf_counter()
+        route = (
+            request.match_info.route.resource.canonical
+            if request.match_info.route.resource
+            else "?"
+        )
+        try:
+            response = await handler(request)
+        except DtwzError as exc:
+            kind = type(exc).__name__
+            response = web.json_response({"error": kind, "message": str(exc)},
+                                         status=_STATUS.get(kind, 500))  # fmt: skip
+        except web.HTTPException as exc:
+            response = web.json_response({"error": "InvalidArgument", "message": exc.text or
+                                          exc.reason}, status=exc.status)  # fmt: skip
+        requests.labels(route, str(response.status)).inc()
+        latency.labels(route).observe(time.perf_counter() - start)
+        return response
+
+    app = web.Application(middlewares=[errors_and_metrics], client_max_size=1 << 30)
+    app[NODE_KEY] = node
+
+    async def metrics(request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(registry),
+                            content_type="text/plain", charset="utf-8")  # fmt: skip
+
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/health", health)
+    app.router.add_get("/ready", ready)
+    app.router.add_get("/cluster", cluster)
+    app.router.add_get("/", index)
+    app.router.add_post("/objects", create)
+    app.router.add_get("/objects/{id}", info)
+    app.router.add_get("/objects/{id}/data", read)
+    app.router.add_get("/objects/{id}/image", image)
+    app.router.add_put("/objects/{id}/data", write)
+    app.router.add_post("/objects/{id}/append", append)
+    app.router.add_post("/objects/{id}/pointer", pointer)
+    app.router.add_post("/transact", transact)
+    app.router.add_get("/locate/{id}", locate)
+    return app
+
+
+async def start_http(node: Node) -> web.AppRunner:
+    runner = web.AppRunner(build_app(node), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, node.config.bind_host, node.config.http_port, reuse_address=True)
+    await site.start()
+    return runner
+
+
+# -- handlers --------------------------------------------------------------------
+
+
+async def health(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok", "node_id": _node(request).node_id})
+
+
+async def ready(request: web.Request) -> web.Response:
+    node = _node(request)
+    ok = node.joined.is_set() and node.store is not None
+    return web.json_response({"ready": ok, "node_id": node.node_id}, status=200 if ok else 503)
+
+
+async def cluster(request: web.Request) -> web.Response:
+    return web.json_response(_node(request).status())
+
+
+async def index(request: web.Request) -> web.Response:
+    status = _node(request).status()
+    rows = "".join(
+        f"<tr><td>{html.escape(m['node_id'])}</td><td>{m['state']}</td>"
+        f"<td><a href='{html.escape(m['http'])}/'>{html.escape(m['http'])}</a></td></tr>"
+        for m in status["members"]
+    )
+    body = (
+        f"<!doctype html><title>dtwz {html.escape(status['node_id'])}</title>"
+        f"<h1>dtwz node {html.escape(status['node_id'])}</h1>"
+        f"<table border=1><tr><th>member</th><th>state</th><th>http</th></tr>{rows}</table>"
+        f"<pre>{html.escape(json.dumps(status, indent=2))}</pre>"
+    )
+    return web.Response(text=body, content_type="text/html")
+
+
+async def create(request: web.Request) -> web.Response:
+    node = _node(request)
+    assert node.service is not None
+    size = _int(request, "size", 1 << 20)
+    flags = _int(request, "flags", 0)
+    prot = _int(request, "prot", 3)
+    data = await request.read()
+    target = request.query.get("node", node.node_id)
+    if target == node.node_id:
+        created = await node.service.create(size, flags, prot, data)
+    else:
+        reply = await node.request(target, Create(b"", size, flags, prot, data))
+        assert isinstance(reply, Created)
+        created = reply
+    return web.json_response(
+        {"id": created.object_id.hex(), "version": created.version, "home": target,
+         "offset": created.data_offset, "length": len(data)}, status=201)  # fmt: skip
+
+
+async def info(request: web.Request) -> web.Response:
+    node = _node(request)
+    assert node.service is not None
+    obj, _, home = await node.service.open(_oid(request), latest=_flag(request, "latest"))
+    header = obj.header()
+    fot = []
+    for index in range(1, header.fot_count + 1):
+        try:
+            entry = obj.fot_entry(index)
+            fot.append(_fot_json(index, entry, obj))
+        except DtwzError as exc:
+            fot.append({"index": index, "error": str(exc)})
+    return web.json_response({**_header_json(header), "home": home, "fot": fot})
+
+
+def _header_json(h: ObjectHeader) -> dict[str, Any]:
+    return {"id": h.object_id.hex(), "max_size": h.max_size, "flags": int(h.flags),
+            "default_prot": int(h.default_prot), "data_len": h.data_len,
+            "data_end": h.data_end, "version": h.version, "fot_count": h.fot_count,
+            "free": h.free_bytes, "kuid": h.kuid.hex()}  # fmt: skip
+
+
+def _fot_json(index: int, entry: FotEntry, obj: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {"index": index, "flags": int(entry.flags), "valid": entry.is_valid}
+    if entry.is_name:
+        out["name"] = obj.entry_name(entry)
+    elif entry.target is not None:
+        out["target"] = entry.target.hex()
+    return out
+
+
+async def read(request: web.Request) -> web.Response:
+    node = _node(request)
+    assert node.service is not None
+    oid = _oid(request)
+    obj, version, home = await node.service.open(oid, latest=_flag(request, "latest"))
+    offset = _int(request, "offset", DATA_START)
+    length = _int(request, "length", max(0, obj.header().data_end - offset))
+    data = obj.read(offset, length)
+    return web.Response(body=bytes(data), content_type="application/octet-stream",
+                        headers={"X-Dtwz-Version": str(version), "X-Dtwz-Home": home})  # fmt: skip
+
+
+async def image(request: web.Request) -> web.Response:
+    """Everything a client needs to build its own copy: header record, data, FOT."""
+    node = _node(request)
+    assert node.service is not None
+    obj, _, home = await node.service.open(_oid(request), latest=_flag(request, "latest"))
+    for _ in range(100):  # the layout must come from the same commit as the bytes
+        header = ObjectHeader.decode(obj.view[:HEADER_RECORD_SIZE], check_id=False)
+        header_raw, data, fot = obj.snapshot(
+            [
+                (0, HEADER_RECORD_SIZE),
+                (DATA_START, header.data_end),
+                (header.fot_start, header.max_size),
+            ]
+        )
+        if ObjectHeader.decode(header_raw, check_id=False).version == header.version:
+            break
+    return web.Response(
+        body=header_raw + data + fot, content_type="application/octet-stream",
+        headers={"X-Dtwz-Version": str(header.version), "X-Dtwz-Home": home,
+                 "X-Dtwz-Data-Len": str(len(data)), "X-Dtwz-Fot-Len": str(len(fot))})  # fmt: skip
+
+
+async def _run(request: web.Request, ops: list[TxOp], txn_id: bytes | None = None) -> Any:
+    node = _node(request)
+    assert node.service is not None
+    return await node.service.transact(ops, txn_id)
+
+
+def _versions(result: Any) -> dict[str, int]:
+    return {ov.object_id.hex(): ov.version for ov in result.versions}
+
+
+async def write(request: web.Request) -> web.Response:
+    oid = _oid(request)
+    data = await request.read()
+    result = await _run(request, [TxOp(OP_WRITE, oid, _int(request, "offset"), data)],
+                        _txn_id(request))  # fmt: skip
+    return web.json_response({"version": _versions(result).get(oid.hex(), 0), "length": len(data)})
+
+
+async def append(request: web.Request) -> web.Response:
+    oid = _oid(request)
+    data = await request.read()
+    result = await _run(request, [TxOp(OP_APPEND, oid, 0, data)], _txn_id(request))
+    return web.json_response({"offset": result.results[0], "length": len(data),
+                              "version": _versions(result).get(oid.hex(), 0)})  # fmt: skip
+
+
+async def pointer(request: web.Request) -> web.Response:
+    oid = _oid(request)
+    body = await _json(request)
+    op = _tx_op({"kind": "pointer", "object": oid.hex(), "offset": body.get("at"),
+                 "target": body.get("target"), "target_offset": body.get("target_offset",
+                                                                          DATA_START)})  # fmt: skip
+    result = await _run(request, [op], _txn_id(request))
+    return web.json_response({"pointer": result.results[0], "versions": _versions(result)})
+
+
+async def transact(request: web.Request) -> web.Response:
+    body = await _json(request)
+    ops = body.get("ops")
+    if not isinstance(ops, list) or not ops:
+        raise InvalidArgument("'ops' must be a non-empty list")
+    txn = body.get("txn_id")
+    txn_id = _parse_txn(txn) if txn else None
+    result = await _run(request, [_tx_op(op) for op in ops], txn_id)
+    return web.json_response({"results": list(result.results), "versions": _versions(result)})
+
+
+async def locate(request: web.Request) -> web.Response:
+    node = _node(request)
+    assert node.service is not None
+    oid = _oid(request)
+    record = await node.locate(oid, refresh=_flag(request, "refresh"))
+    out: dict[str, Any] = {"id": oid.hex(), "home": record.home, "version": record.version,
+                           "epoch": record.epoch}  # fmt: skip
+    if record.home == node.node_id:
+        out["version"] = node.service.store.get(oid).header().version
+        out["copies"] = sorted(node.service.holders.get(oid, ()))
+    return web.json_response(out)
+
+
+async def _json(request: web.Request) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidArgument(f"request body is not JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise InvalidArgument("request body must be a JSON object")
+    return body
+
+
+def _txn_id(request: web.Request) -> bytes | None:
+    raw = request.headers.get("X-Dtwz-Txn")
+    return _parse_txn(raw) if raw else None
+
+
+def _parse_txn(raw: Any) -> bytes:
+    try:
+        txn = bytes.fromhex(str(raw))
+    except ValueError as exc:
+        raise InvalidArgument("txn_id must be hex") from exc
+    if not 8 <= len(txn) <= 32:
+        raise InvalidArgument("txn_id must be 8 to 32 bytes")
+    return txn
+
+
+def _tx_op(raw: Any) -> TxOp:
+    if not isinstance(raw, dict):
+        raise InvalidArgument("each op must be a JSON object")
+    kind = _OP_KINDS.get(str(raw.get("kind")))
+    if kind is None:
+        raise InvalidArgument(f"op kind must be one of {sorted(_OP_KINDS)}")
+    try:
+        data = base64.b64decode(raw.get("data", ""), validate=True)
+        target = raw.get("target")
+        return TxOp(
+            kind,
+            ObjectId.parse(str(raw.get("object"))),
+            int(raw.get("offset") or 0),
+            data,
+            ObjectId.parse(target) if target else ObjectId(bytes(16)),
+            int(raw.get("target_offset") or 0),
+            int(raw.get("size") or 0),
+        )
+    except (ValueError, TypeError, errors.FormatError) as exc:
+        raise InvalidArgument(f"bad op {raw!r}: {exc}") from exc

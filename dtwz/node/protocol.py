@@ -1,0 +1,498 @@
+"""The node-to-node wire protocol: messages and their binary frames. Pure, no I/O.
+
+Theory of operation
+-------------------
+A message travels as ZeroMQ frames::
+
+    frame 0   envelope: magic "DZ" | version u8 | op u8 | flags u16 | zero u16 | request_id u64
+    frame 1   body: the message's fields, in declaration order (below)
+    frame 2+  payloads: large byte fields, one frame each, never copied into the body
+
+Each message is a frozen dataclass naming its ``OP``; its fields' annotations say
+how they are encoded (all integers little-endian)::
+
+    U8 U16 U32 U64   fixed-size unsigned integers
+    bool             one byte, 0 or 1
+    ObjectId         16 bytes
+    str              u16 length + UTF-8
+    bytes            u32 length + bytes (small values: they are copied)
+    Payload          an index into the payload frames (zero-copy for big data)
+    list[T]          u32 count + items
+    a Struct         its fields, recursively
+
+``encode(message, request_id, reply) -> frames`` and ``decode(frames) -> (message,
+request_id, reply)``. The decoder rejects every malformed input with
+``ProtocolError``: wrong magic or version, unknown op, short or trailing bytes,
+bad UTF-8 or bool, counts that could not fit in what is left, a payload index
+that is missing or a payload frame nobody refers to. docs/PROTOCOL.md documents
+each message byte for byte.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import struct
+import typing
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Annotated, Any, ClassVar, get_args, get_origin
+
+from dtwz import errors
+from dtwz.errors import DtwzError, ProtocolError
+from dtwz.ids import ZERO_ID, ObjectId
+
+PROTOCOL_VERSION = 1
+MAGIC = b"DZ"
+_ENVELOPE = struct.Struct("<2sBBHHQ")
+FLAG_REPLY = 1
+MAX_LIST = 1 << 20
+
+
+class _Int:
+    def __init__(self, fmt: str) -> None:
+        self.struct = struct.Struct("<" + fmt)
+
+
+U8 = Annotated[int, _Int("B")]
+U16 = Annotated[int, _Int("H")]
+U32 = Annotated[int, _Int("I")]
+U64 = Annotated[int, _Int("Q")]
+
+
+class Payload:
+    """Marker for a field carried in its own frame (bytes or memoryview, zero-copy)."""
+
+
+Blob = Annotated[Any, Payload]
+Frame = bytes | memoryview
+
+
+class Struct:
+    """Base of nested records (not messages): frozen dataclasses with wire fields."""
+
+    __slots__ = ()
+
+
+class Message:
+    """Base of every wire message; subclasses set ``OP`` and are registered by it."""
+
+    __slots__ = ()
+
+    OP: ClassVar[int] = 0
+    REGISTRY: ClassVar[dict[int, type[Message]]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        known = Message.REGISTRY.get(cls.OP)
+        # dataclass(slots=True) builds the class twice; only a *different* class clashes
+        if known is not None and known.__qualname__ != cls.__qualname__:
+            raise TypeError(f"op {cls.OP} used by {known.__name__} and {cls.__name__}")
+        Message.REGISTRY[cls.OP] = cls
+
+
+# -- nested records -------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class MemberInfo(Struct):
+    """A node as the membership protocol knows it."""
+
+    node_id: str
+    peer_addr: str
+    http_addr: str
+    incarnation: U64
+    state: U8  # dtwz.resolver.membership.MemberState
+    heartbeat: U64
+
+
+@dataclass(frozen=True, slots=True)
+class HomeRecord(Struct):
+    """Where an object lives: its home node, the version it saw, the record's epoch."""
+
+    object_id: ObjectId
+    home: str
+    version: U64
+    epoch: U64
+
+
+@dataclass(frozen=True, slots=True)
+class TxOp(Struct):
+    """One operation of a transaction run at an object's home (see ``Transact``).
+
+    kind: 1 WRITE data at offset; 2 APPEND data (result: offset); 3 POINTER store at
+    offset a pointer to target+target_offset (result: pointer word); 4 ALLOC size
+    bytes (result: offset).
+    """
+
+    kind: U8
+    object_id: ObjectId
+    offset: U64
+    data: bytes = b""
+    target: ObjectId = ZERO_ID
+    target_offset: U64 = 0
+    size: U64 = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectVersion(Struct):
+    object_id: ObjectId
+    version: U64
+
+
+# -- messages -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorReply(Message):
+    """Any request may be answered with an error; ``kind`` names a dtwz.errors class."""
+
+    OP = 1
+    kind: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Ack(Message):
+    OP = 2
+    count: U32 = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Ping(Message):
+    OP = 3
+    sender: str
+
+
+@dataclass(frozen=True, slots=True)
+class Join(Message):
+    """A node asks a seed to admit it; the reply is ``Members``."""
+
+    OP = 10
+    member: MemberInfo
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat(Message):
+    """Periodic gossip: the sender's view of the members (reply: the receiver's)."""
+
+    OP = 11
+    sender: MemberInfo
+    members: list[MemberInfo]
+
+
+@dataclass(frozen=True, slots=True)
+class Members(Message):
+    OP = 12
+    members: list[MemberInfo]
+
+
+@dataclass(frozen=True, slots=True)
+class Leave(Message):
+    OP = 13
+    node_id: str
+    incarnation: U64
+
+
+@dataclass(frozen=True, slots=True)
+class Locate(Message):
+    """Ask a directory holder for an object's record (reply: ``Location``)."""
+
+    OP = 20
+    object_id: ObjectId
+
+
+@dataclass(frozen=True, slots=True)
+class Location(Message):
+    OP = 21
+    found: bool
+    record: HomeRecord
+
+
+@dataclass(frozen=True, slots=True)
+class Publish(Message):
+    """A home (re)publishes records to a directory holder (reply: ``Ack``)."""
+
+    OP = 22
+    records: list[HomeRecord]
+
+
+@dataclass(frozen=True, slots=True)
+class Fetch(Message):
+    """Read bytes of an object at its home (reply: ``ObjectData``).
+
+    The range is clipped to the object's data area (bytes past ``data_end`` are
+    zero anyway); ``length == 0`` asks for the layout only. ``with_fot`` adds the
+    whole FOT. With ``register_copy`` the home remembers ``requester`` as holding
+    a copy and invalidates it on the next commit.
+    """
+
+    OP = 30
+    object_id: ObjectId
+    offset: U64
+    length: U64
+    with_fot: bool
+    register_copy: bool
+    requester: str
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectData(Message):
+    OP = 31
+    object_id: ObjectId
+    version: U64
+    max_size: U64
+    data_end: U64
+    fot_start: U64
+    offset: U64
+    header: bytes
+    data: Blob = field(default=b"")
+    fot: Blob = field(default=b"")
+
+
+@dataclass(frozen=True, slots=True)
+class Transact(Message):
+    """Run ops atomically at the home of every object they write.
+
+    ``txn_id`` makes retries safe: a home that has run ``txn_id`` answers again
+    with the first result and does not apply it twice.
+    """
+
+    OP = 40
+    txn_id: bytes
+    ops: list[TxOp]
+
+
+@dataclass(frozen=True, slots=True)
+class TransactResult(Message):
+    OP = 41
+    results: list[U64]
+    versions: list[ObjectVersion]
+
+
+@dataclass(frozen=True, slots=True)
+class Invalidate(Message):
+    """The home committed ``version``: drop copies older than that (reply: ``Ack``)."""
+
+    OP = 42
+    object_id: ObjectId
+    version: U64
+
+
+@dataclass(frozen=True, slots=True)
+class Create(Message):
+    """Create an object at the receiving node, which becomes its home (reply: ``Created``)."""
+
+    OP = 43
+    txn_id: bytes
+    max_size: U64
+    flags: U16
+    default_prot: U16
+    data: Blob = field(default=b"")
+
+
+@dataclass(frozen=True, slots=True)
+class Created(Message):
+    OP = 44
+    object_id: ObjectId
+    version: U64
+    data_offset: U64
+
+
+# -- codec ----------------------------------------------------------------------
+
+_U8, _U16, _U32 = struct.Struct("<B"), struct.Struct("<H"), struct.Struct("<I")
+
+
+_FIELDS: dict[type, tuple[tuple[str, Any], ...]] = {}
+
+
+def _fields(cls: type) -> tuple[tuple[str, Any], ...]:
+    """(name, annotation) of a message's fields, in wire order (computed once per class)."""
+    known = _FIELDS.get(cls)
+    if known is None:
+        hints = typing.get_type_hints(cls, include_extras=True)
+        known = _FIELDS[cls] = tuple((f.name, hints[f.name]) for f in dataclasses.fields(cls))
+    return known
+
+
+def _kind(tp: Any) -> Any:
+    """Normalise an annotation to what the codec switches on."""
+    if get_origin(tp) is Annotated:
+        _, marker = get_args(tp)[:2]
+        return marker
+    return tp
+
+
+class _Writer:
+    __slots__ = ("body", "payloads")
+
+    def __init__(self) -> None:
+        self.body = bytearray()
+        self.payloads: list[Frame] = []
+
+    def value(self, tp: Any, v: Any) -> None:
+        kind = _kind(tp)
+        body = self.body
+        if isinstance(kind, _Int):
+            try:
+                body += kind.struct.pack(v)
+            except struct.error as exc:
+                raise ProtocolError(f"{v!r} does not fit its field: {exc}") from exc
+        elif kind is Payload:
+            body += _U32.pack(len(self.payloads))
+            self.payloads.append(v)
+        elif kind is bool:
+            body.append(1 if v else 0)
+        elif kind is ObjectId:
+            if len(v) != 16:
+                raise ProtocolError("an object ID is 16 bytes")
+            body += v
+        elif kind is str:
+            try:
+                raw = v.encode("utf-8")
+            except UnicodeEncodeError as exc:  # lone surrogates, e.g. from os.fsdecode
+                raise ProtocolError(f"string is not valid UTF-8: {exc}") from exc
+            if len(raw) > 0xFFFF:
+                raise ProtocolError("string longer than 65535 bytes")
+            body += _U16.pack(len(raw))
+            body += raw
+        elif kind is bytes:
+            body += _U32.pack(len(v))
+            body += v
+        elif get_origin(kind) is list:
+            (item,) = get_args(kind)
+            body += _U32.pack(len(v))
+            for x in v:
+                self.value(item, x)
+        elif isinstance(kind, type) and issubclass(kind, Struct):
+            for name, ftp in _fields(kind):
+                self.value(ftp, getattr(v, name))
+        else:  # pragma: no cover - a programming error in a message definition
+            raise TypeError(f"no wire encoding for {tp!r}")
+
+
+class _Reader:
+    __slots__ = ("buf", "payloads", "pos", "used")
+
+    def __init__(self, buf: memoryview, payloads: Sequence[Frame]) -> None:
+        self.buf = buf
+        self.pos = 0
+        self.payloads = payloads
+        self.used: set[int] = set()
+
+    def take(self, n: int) -> memoryview:
+        end = self.pos + n
+        if end > len(self.buf):
+            raise ProtocolError("message body is too short")
+        out = self.buf[self.pos : end]
+        self.pos = end
+        return out
+
+    def unpack(self, s: struct.Struct) -> int:
+        return int(s.unpack(self.take(s.size))[0])
+
+    def value(self, tp: Any) -> Any:
+        kind = _kind(tp)
+        if isinstance(kind, _Int):
+            return self.unpack(kind.struct)
+        if kind is Payload:
+            index = self.unpack(_U32)
+            if index >= len(self.payloads) or index in self.used:
+                raise ProtocolError(f"payload frame {index} is missing or used twice")
+            self.used.add(index)
+            return self.payloads[index]
+        if kind is bool:
+            b = self.unpack(_U8)
+            if b > 1:
+                raise ProtocolError("a bool is 0 or 1")
+            return bool(b)
+        if kind is ObjectId:
+            return ObjectId(self.take(16))
+        if kind is str:
+            raw = self.take(self.unpack(_U16))
+            try:
+                return str(raw, "utf-8")
+            except UnicodeDecodeError as exc:
+                raise ProtocolError("string is not UTF-8") from exc
+        if kind is bytes:
+            return bytes(self.take(self.unpack(_U32)))
+        if get_origin(kind) is list:
+            (item,) = get_args(kind)
+            count = self.unpack(_U32)
+            # every item takes at least one byte: refuse counts the body cannot hold
+            if count > MAX_LIST or count > len(self.buf) - self.pos:
+                raise ProtocolError(f"list of {count} items cannot fit in the message")
+            return [self.value(item) for _ in range(count)]
+        if isinstance(kind, type) and issubclass(kind, Struct):
+            return kind(**{name: self.value(ftp) for name, ftp in _fields(kind)})
+        raise TypeError(f"no wire encoding for {tp!r}")  # pragma: no cover
+
+
+def encode(message: Message, request_id: int = 0, *, reply: bool = False) -> list[Frame]:
+    """Frames for ``message``: envelope, body, then any payload frames."""
+    writer = _Writer()
+    for name, tp in _fields(type(message)):
+        writer.value(tp, getattr(message, name))
+    envelope = _ENVELOPE.pack(
+        MAGIC, PROTOCOL_VERSION, message.OP, FLAG_REPLY if reply else 0, 0, request_id
+    )
+    return [envelope, bytes(writer.body), *writer.payloads]
+
+
+def decode_envelope(frame: Frame) -> tuple[int, int, bool]:
+    """``(op, request_id, is_reply)`` of an envelope frame."""
+    if len(frame) != _ENVELOPE.size:
+        raise ProtocolError(f"envelope is {len(frame)} bytes, expected {_ENVELOPE.size}")
+    magic, version, op, flags, zero, request_id = _ENVELOPE.unpack(frame)
+    if magic != MAGIC:
+        raise ProtocolError("bad magic: not a dtwz peer message")
+    if version != PROTOCOL_VERSION:
+        raise ProtocolError(f"protocol version {version}, this node speaks {PROTOCOL_VERSION}")
+    if flags & ~FLAG_REPLY or zero:
+        raise ProtocolError("unknown envelope flags")
+    return op, request_id, bool(flags & FLAG_REPLY)
+
+
+def decode(frames: Sequence[Frame]) -> tuple[Message, int, bool]:
+    """Decode frames into ``(message, request_id, is_reply)`` or raise ProtocolError."""
+    if len(frames) < 2:
+        raise ProtocolError(f"a message has at least 2 frames, got {len(frames)}")
+    op, request_id, is_reply = decode_envelope(frames[0])
+    cls = Message.REGISTRY.get(op)
+    if cls is None:
+        raise ProtocolError(f"unknown op {op}")
+    reader = _Reader(memoryview(frames[1]), frames[2:])
+    try:
+        values = {name: reader.value(tp) for name, tp in _fields(cls)}
+    except errors.FormatError as exc:  # e.g. an ObjectId of the wrong length
+        raise ProtocolError(str(exc)) from exc
+    if reader.pos != len(reader.buf):
+        raise ProtocolError(f"{len(reader.buf) - reader.pos} trailing bytes in {cls.__name__}")
+    if len(reader.used) != len(frames) - 2:
+        raise ProtocolError("payload frames that no field refers to")
+    return cls(**values), request_id, is_reply
+
+
+_MAX_ERROR_TEXT = 4096  # characters: at most 16 KiB of UTF-8, well inside a str field
+
+
+def error_reply(exc: BaseException) -> ErrorReply:
+    """The wire form of an exception: dtwz errors keep their type, others become DtwzError.
+
+    The message is cut to ``_MAX_ERROR_TEXT`` characters and made valid UTF-8, so the
+    reply always encodes: an error that cannot be sent would reach the caller only
+    as a timeout.
+    """
+    kind = type(exc).__name__ if isinstance(exc, DtwzError) else "DtwzError"
+    text = str(exc) or kind
+    if len(text) > _MAX_ERROR_TEXT:
+        text = text[:_MAX_ERROR_TEXT] + "..."
+    return ErrorReply(kind, text.encode("utf-8", "replace").decode("utf-8"))
+
+
+def raise_error(reply: ErrorReply) -> typing.NoReturn:
+    """Raise on the caller the error a peer sent, as the same dtwz.errors type."""
+    cls = getattr(errors, reply.kind, None)
+    if not (isinstance(cls, type) and issubclass(cls, DtwzError)):
+        cls = DtwzError
+    raise cls(reply.message)

@@ -1,0 +1,417 @@
+"""A dtwz node: store, peer endpoint, HTTP API, membership and location directory.
+
+Life cycle (``startup / serve / shutdown``): open the store (recovery runs),
+bind the peer endpoint and the HTTP API, join through the seeds, then run the
+heartbeat loop until SIGTERM/SIGINT; on shutdown announce LEAVE and close.
+
+The location half of the resolver lives here:
+- **membership**: heartbeats gossip the member list every ``heartbeat_interval``;
+  a member whose heartbeat stops growing is SUSPECT after ``suspect_after`` and
+  DEAD after ``dead_after`` seconds (``dtwz.resolver.membership``);
+- **directory**: each object's record (home, version, epoch) is kept by the
+  ``directory_copies`` live members that rendezvous hashing picks for its ID. The
+  records are soft state: a home republishes all of its records whenever the
+  membership changes (and every ``REPUBLISH_EVERY`` seconds), so the directory
+  heals after joins, leaves and failures;
+- **locate**: local objects answer at once; otherwise the location cache, then
+  the directory owners, then (while the directory heals) every live member.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections import defaultdict
+from typing import Any
+
+from dtwz.errors import DtwzError, HomeUnreachable, ObjectNotFound, PeerUnavailable
+from dtwz.ids import ObjectId
+from dtwz.node.config import NodeConfig
+from dtwz.node.peer import PeerEndpoint
+from dtwz.node.protocol import (
+    Ack,
+    Create,
+    ErrorReply,
+    Fetch,
+    Heartbeat,
+    HomeRecord,
+    Invalidate,
+    Join,
+    Leave,
+    Locate,
+    Location,
+    MemberInfo,
+    Members,
+    Message,
+    ObjectData,
+    Ping,
+    Publish,
+    Transact,
+)
+from dtwz.node.service import ObjectService
+from dtwz.node.store import Store
+from dtwz.resolver.directory import DirectoryShard, LocationCache, rendezvous_owners
+from dtwz.resolver.membership import (
+    MemberDied,
+    MemberJoined,
+    MemberLeft,
+    MemberRecovered,
+    Membership,
+    MembershipEvent,
+    MemberState,
+)
+
+log = logging.getLogger(__name__)
+
+REPUBLISH_EVERY = 30.0
+PUBLISH_BATCH = 4096
+_NO_RECORD = HomeRecord(ObjectId(bytes(16)), "", 0, 0)
+
+
+class Node:
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config.validate()
+        self.node_id = config.node_id
+        self.started = time.time()
+        self.store: Store | None = None
+        self.service: ObjectService | None = None
+        self.peer = PeerEndpoint(
+            f"tcp://{config.bind_host}:{config.peer_port}",
+            self._dispatch,
+            timeout=config.request_timeout,
+        )
+        self.membership = Membership(
+            self._me(MemberState.ALIVE, time.time_ns()),
+            suspect_after=config.suspect_after,
+            dead_after=config.dead_after,
+        )
+        self.shard = DirectoryShard()
+        self.locations = LocationCache()
+        self.joined = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._republish_wanted = asyncio.Event()
+        self._http_runner: Any = None
+        self.stats: dict[str, int] = defaultdict(int)
+
+    def _me(self, state: int, incarnation: int, heartbeat: int = 0) -> MemberInfo:
+        c = self.config
+        return MemberInfo(c.node_id, c.peer_addr, c.http_addr, incarnation, state, heartbeat)
+
+    # -- life cycle --------------------------------------------------------------
+
+    async def startup(self) -> None:
+        data = self.config.data_dir
+        self.store = Store.open(data / "store", create=True, durable=self.config.durable)
+        self.service = ObjectService(self.store, self)
+        await self.peer.start()
+        from dtwz.node.http import start_http  # the one module that builds the aiohttp app
+
+        self._http_runner = await start_http(self)
+        self._spawn(self._join_loop())
+        self._spawn(self._heartbeat_loop())
+        self._spawn(self._republish_loop())
+        log.info("node %s up: peer %s, http %s", self.node_id, self.config.peer_addr,
+                 self.config.http_addr)  # fmt: skip
+
+    async def serve(self) -> None:
+        """Run until ``stop()`` or SIGTERM/SIGINT."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self._stop.set)
+        await self._stop.wait()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def shutdown(self) -> None:
+        self.membership.leave(time.monotonic())
+        goodbye = Leave(self.node_id, self.membership.me().incarnation)
+        await asyncio.gather(
+            *(self._quiet(self.request(n, goodbye, 0.5)) for n in self._peers()),
+        )
+        for task in list(self._tasks):
+            task.cancel()
+        if self._http_runner is not None:
+            await self._http_runner.cleanup()
+        await self.peer.close()
+        if self.service is not None:
+            self.service.close()
+        if self.store is not None:
+            self.store.close()
+
+    async def __aenter__(self) -> Node:
+        await self.startup()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.shutdown()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    @staticmethod
+    async def _quiet(aw: Any) -> Any:
+        try:
+            return await aw
+        except DtwzError:
+            return None
+
+    # -- peers -------------------------------------------------------------------
+
+    def _peers(self) -> list[str]:
+        return [n for n in self.membership.alive_ids() if n != self.node_id]
+
+    async def request(
+        self, node_id: str, message: Message, timeout: float | None = None
+    ) -> Message:
+        """Send to a member by node ID (``HomeUnreachable`` if it is not a live member)."""
+        member = self.membership.get(node_id)
+        if member is None or member.state in (MemberState.DEAD, MemberState.LEFT):
+            raise HomeUnreachable(f"node {node_id} is not a live member of the cluster")
+        return await self.peer.request(member.peer_addr, message, timeout)
+
+    async def _dispatch(self, m: Message) -> Message:
+        service = self.service
+        assert service is not None
+        self.stats[f"peer_{type(m).__name__}"] += 1
+        match m:
+            case Fetch():
+                return await service.on_fetch(m)
+            case Transact():
+                return await service.on_transact(m)
+            case Invalidate():
+                return await service.on_invalidate(m)
+            case Create():
+                return await service.on_create(m)
+            case Locate():
+                record = self._local_record(m.object_id) or self.shard.get(m.object_id)
+                return Location(record is not None, record or _NO_RECORD)
+            case Publish():
+                return Ack(sum(self.shard.put(r) for r in m.records))
+            case Heartbeat():
+                self.membership.heard_directly(m.sender.node_id, time.monotonic())
+                await self._apply_events(self.membership.merge([m.sender, *m.members],
+                                                               time.monotonic()))  # fmt: skip
+                return Members(self.membership.members())
+            case Join():
+                events = self.membership.merge([m.member], time.monotonic())
+                self.membership.heard_directly(m.member.node_id, time.monotonic())
+                await self._apply_events(events)
+                return Members(self.membership.members())
+            case Leave():
+                now = time.monotonic()
+                await self._apply_events(self.membership.note_left(m.node_id, m.incarnation, now))
+                return Ack()
+            case Ping():
+                return Ack()
+        return ErrorReply("ProtocolError", f"{type(m).__name__} is not a request")
+
+    # -- membership ----------------------------------------------------------------
+
+    async def _join_loop(self) -> None:
+        seeds = [s for s in self.config.seeds if s != self.config.peer_addr]
+        if not seeds:
+            self.joined.set()
+            return
+        delay = 0.1
+        while not self.joined.is_set():
+            for seed in seeds:
+                try:
+                    reply = await self.peer.request(seed, Join(self.membership.me()), 1.0)
+                except DtwzError as exc:
+                    log.debug("seed %s: %s", seed, exc)
+                    continue
+                if isinstance(reply, Members):
+                    now = time.monotonic()
+                    await self._apply_events(self.membership.merge(reply.members, now))
+                    self.joined.set()
+                    self._republish_wanted.set()
+                    break
+            if not self.joined.is_set():
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    async def _heartbeat_loop(self) -> None:
+        interval = self.config.heartbeat_interval
+        while True:
+            await self._apply_events(self.membership.tick(time.monotonic()))
+            beat = Heartbeat(self.membership.me(), self.membership.members())
+            for node_id in self._peers():
+                self._spawn(self._gossip(node_id, beat, interval * 2))
+            await asyncio.sleep(interval)
+
+    async def _gossip(self, node_id: str, beat: Heartbeat, timeout: float) -> None:
+        try:
+            reply = await self.request(node_id, beat, timeout)
+        except DtwzError:
+            return  # missed heartbeats are what failure detection counts
+        if isinstance(reply, Members):
+            now = time.monotonic()
+            self.membership.heard_directly(node_id, now)
+            await self._apply_events(self.membership.merge(reply.members, now))
+
+    async def _apply_events(self, events: list[MembershipEvent]) -> None:
+        for event in events:
+            log.info("%s: %s", self.node_id, event)
+            self.stats[type(event).__name__] += 1
+            if isinstance(event, MemberDied | MemberLeft | MemberRecovered):
+                gone = event.node_id
+                self.locations.drop_home(gone)
+                if self.service is not None:
+                    self.service.copies.drop_home(gone)
+                    self.service.drop_holder(gone)
+                member = self.membership.get(gone)
+                if member is not None and not isinstance(event, MemberRecovered):
+                    self.peer.forget(member.peer_addr)
+            if isinstance(event, MemberJoined | MemberDied | MemberLeft | MemberRecovered):
+                self._republish_wanted.set()
+
+    # -- directory -------------------------------------------------------------------
+
+    def _local_record(self, oid: ObjectId) -> HomeRecord | None:
+        if self.service is None or not self.service.is_home(oid):
+            return None
+        return HomeRecord(oid, self.node_id, 0, 1)
+
+    def _owners(self, oid: bytes) -> list[str]:
+        return rendezvous_owners(oid, self.membership.alive_ids(), self.config.directory_copies)
+
+    async def locate(self, oid: ObjectId, *, refresh: bool = False) -> HomeRecord:
+        local = self._local_record(oid)
+        if local is not None:
+            return local
+        if refresh:
+            self.locations.invalidate(oid)
+        else:
+            cached = self.locations.get(oid)
+            if cached is not None:
+                return self._check_home(cached)
+        self.stats["directory_lookups"] += 1
+        for owner in self._owners(oid):
+            if owner == self.node_id:
+                record = self.shard.get(oid)
+            else:
+                try:
+                    reply = await self.request(owner, Locate(oid))
+                except DtwzError:
+                    continue
+                record = reply.record if isinstance(reply, Location) and reply.found else None
+            if record is not None and (not refresh or self._is_alive(record.home)):
+                self.locations.put(record)
+                return self._check_home(record)
+        return await self._locate_by_asking_everyone(oid)
+
+    def _is_alive(self, node_id: str) -> bool:
+        member = self.membership.get(node_id)
+        return member is not None and member.state in (MemberState.ALIVE, MemberState.SUSPECT)
+
+    def _check_home(self, record: HomeRecord) -> HomeRecord:
+        if not self._is_alive(record.home):
+            raise HomeUnreachable(
+                f"object {record.object_id.hex()} lives on node {record.home}, which is down"
+            )
+        return record
+
+    async def _locate_by_asking_everyone(self, oid: ObjectId) -> HomeRecord:
+        """The directory does not know (yet): ask every live member whether it homes it."""
+        self.stats["broadcast_lookups"] += 1
+        probe = Fetch(oid, 0, 0, False, False, self.node_id)
+        peers = self._peers()
+        replies = await asyncio.gather(
+            *(self.request(n, probe) for n in peers), return_exceptions=True
+        )
+        unreachable = False
+        for node_id, reply in zip(peers, replies, strict=True):
+            if isinstance(reply, ObjectData):
+                record = HomeRecord(oid, node_id, reply.version, 1)
+                self.locations.put(record)
+                self._spawn(self.publish_created(record))  # heal the directory
+                return record
+            unreachable |= isinstance(reply, PeerUnavailable)
+        if unreachable:
+            raise HomeUnreachable(f"object {oid.hex()} not found; some nodes did not answer")
+        raise ObjectNotFound(f"no node of the cluster holds object {oid.hex()}")
+
+    async def publish_created(self, record: HomeRecord) -> None:
+        owners = self._owners(record.object_id)
+        await asyncio.gather(*(self._publish(o, [record]) for o in owners))
+
+    async def _publish(self, owner: str, records: list[HomeRecord]) -> None:
+        if owner == self.node_id:
+            for r in records:
+                self.shard.put(r)
+            return
+        try:
+            await self.request(owner, Publish(records))
+        except DtwzError as exc:
+            log.info("publish to %s failed: %s", owner, exc)
+
+    async def _republish_loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._republish_wanted.wait(), REPUBLISH_EVERY)
+            self._republish_wanted.clear()
+            await asyncio.sleep(self.config.heartbeat_interval)  # let a burst of events settle
+            await self.republish()
+
+    async def republish(self) -> int:
+        """Send every record this node homes to its current directory owners."""
+        assert self.store is not None
+        by_owner: dict[str, list[HomeRecord]] = defaultdict(list)
+        count = 0
+        for oid in self.store.object_ids():
+            record = HomeRecord(oid, self.node_id, 0, 1)
+            for owner in self._owners(oid):
+                by_owner[owner].append(record)
+            count += 1
+            if count % 10_000 == 0:
+                await asyncio.sleep(0)  # keep serving while a large store is scanned
+        sends = []
+        for owner, records in by_owner.items():
+            for i in range(0, len(records), PUBLISH_BATCH):
+                sends.append(self._publish(owner, records[i : i + PUBLISH_BATCH]))
+        await asyncio.gather(*sends)
+        self.shard.drop_not_owned(self.node_id, self.membership.alive_ids(),
+                                  self.config.directory_copies)  # fmt: skip
+        self.stats["republished"] += count
+        return count
+
+    # -- status ----------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        assert self.store is not None and self.service is not None
+        members = [
+            {"node_id": m.node_id, "state": MemberState(m.state).name.lower(),
+             "peer": m.peer_addr, "http": m.http_addr, "incarnation": m.incarnation}
+            for m in self.membership.members()
+        ]  # fmt: skip
+        return {
+            "node_id": self.node_id,
+            "uptime": round(time.time() - self.started, 3),
+            "members": members,
+            "objects": sum(1 for _ in self.store.object_ids()),  # homed here
+            "directory_records": len(self.shard),
+            "copies": len(self.service.copies),
+            "cache": dict(self.service.copies.stats),
+            "service": dict(self.service.stats),
+            "store": dict(self.store.stats),
+            "peer": dict(self.peer.stats),
+            "node": dict(self.stats),
+        }
+
+
+async def run_node(config: NodeConfig) -> None:
+    """Start a node and serve until SIGTERM or SIGINT."""
+    node = Node(config)
+    await node.startup()
+    try:
+        await node.serve()
+    finally:
+        await node.shutdown()

@@ -1,0 +1,333 @@
+"""Object operations across the cluster, as one node serves them.
+
+Theory of operation
+-------------------
+Each object has one home: the node whose store holds it. The home orders every
+write (transactions run there) and remembers which nodes hold copies.
+
+- **Reads** of a remote object fetch it from its home (in chunks for large
+  objects, several in flight) and keep a read-only copy tagged with the home's
+  version. Later reads use the copy; a read that asks for the latest version
+  first checks the home's version (one round trip) and refetches if needed.
+- **Writes** run at the home as a local transaction. The home then invalidates
+  every registered copy and waits (bounded) for the holders to drop them before
+  it answers, so after an acknowledged write no node serves an older copy unless
+  it is cut off. Each request carries a transaction ID; a home that already ran
+  that ID answers again with the first result instead of applying it twice.
+- The home copies bytes out under the object's seqlock (``StoredObject.snapshot``)
+  so a fetch never returns half of a commit; immutable objects are sent straight
+  from the mapping, zero-copy.
+
+The service does not know sockets: it asks its ``Cluster`` (the node) to locate
+objects and to send messages to other nodes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Protocol, TypeVar
+
+from dtwz.errors import (
+    ClusterError,
+    CorruptObject,
+    HomeUnreachable,
+    InvalidArgument,
+    ObjectNotFound,
+    PeerUnavailable,
+    TransactionConflict,
+)
+from dtwz.ids import ObjectId
+from dtwz.layout import DATA_START, HEADER_RECORD_SIZE, ObjectHeader
+from dtwz.node.copies import CopyCache
+from dtwz.node.objects import NameResolver, StoredObject
+from dtwz.node.protocol import (
+    Ack,
+    Create,
+    Created,
+    Fetch,
+    HomeRecord,
+    Invalidate,
+    Message,
+    ObjectData,
+    ObjectVersion,
+    Transact,
+    TransactResult,
+    TxOp,
+)
+from dtwz.node.store import Store
+
+log = logging.getLogger(__name__)
+
+CHUNK = 1 << 20
+WINDOW = 4
+OP_WRITE, OP_APPEND, OP_POINTER, OP_ALLOC = 1, 2, 3, 4
+_T = TypeVar("_T")
+
+
+class Cluster(Protocol):
+    """What the service needs from its node."""
+
+    node_id: str
+
+    async def locate(self, oid: ObjectId, *, refresh: bool = False) -> HomeRecord: ...
+
+    async def request(
+        self, node_id: str, message: Message, timeout: float | None = None
+    ) -> Message: ...
+
+    async def publish_created(self, record: HomeRecord) -> None: ...
+
+
+class ObjectService:
+    def __init__(self, store: Store, cluster: Cluster, *, invalidate_timeout: float = 1.0) -> None:
+        self.store = store
+        self.cluster = cluster
+        self.name_resolver: NameResolver | None = None
+        self.copies = CopyCache(self)
+        self.holders: dict[bytes, set[str]] = {}
+        self._applied: OrderedDict[bytes, TransactResult] = OrderedDict()
+        self._pool = ThreadPoolExecutor(8, thread_name_prefix="dtwz-commit")
+        self.invalidate_timeout = invalidate_timeout
+        self.stats = {"remote_reads": 0, "local_reads": 0, "copy_reads": 0, "fetches_served": 0,
+                      "transactions": 0, "duplicates": 0, "invalidations_sent": 0}  # fmt: skip
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+    # -- ObjectSource: what pointers in local objects and copies resolve against -------
+
+    def get(self, oid: ObjectId) -> StoredObject:
+        """A local object or a copy already held; never a network round trip."""
+        copy = self.copies.peek(oid)
+        if copy is not None:
+            return copy.obj
+        return self.store.get(oid)
+
+    def is_home(self, oid: ObjectId) -> bool:
+        return self.store.exists(oid)
+
+    # -- client-facing operations ------------------------------------------------------
+
+    async def create(
+        self, max_size: int, flags: int = 0, default_prot: int = 3, data: bytes = b""
+    ) -> Created:
+        """Create an object homed on this node; publish its location before answering."""
+
+        def run() -> Created:
+            with self.store.transaction() as tx:
+                oid = tx.create(max_size, flags=flags, default_prot=default_prot)
+                offset = tx.append(oid, data) if data else 0
+            return Created(oid, 1, offset)
+
+        created = await self._in_thread(run)
+        await self.cluster.publish_created(
+            HomeRecord(created.object_id, self.cluster.node_id, 1, 1)
+        )
+        return created
+
+    async def open(self, oid: ObjectId, *, latest: bool = False) -> tuple[StoredObject, int, str]:
+        """The object (local, or a copy fetched on demand), its version and its home."""
+        if self.is_home(oid):
+            obj = self.store.get(oid)
+            self.stats["local_reads"] += 1
+            return obj, obj.header().version, self.cluster.node_id
+        copy = self.copies.get(oid)
+        if copy is not None and not latest:
+            self.stats["copy_reads"] += 1
+            return copy.obj, copy.version, copy.home
+        record = await self.cluster.locate(oid)
+        try:
+            if copy is not None:  # latest asked: one round trip to compare versions
+                layout = await self._fetch(record.home, oid, 0, 0, with_fot=False)
+                if layout.version == copy.version:
+                    return copy.obj, copy.version, copy.home
+            return await self._fetch_copy(record.home, oid)
+        except ObjectNotFound:
+            # the home no longer has it: the location was stale; ask the directory again
+            record = await self.cluster.locate(oid, refresh=True)
+            return await self._fetch_copy(record.home, oid)
+
+    async def read(
+        self, oid: ObjectId, offset: int, length: int, *, latest: bool = False
+    ) -> tuple[memoryview, int, str]:
+        obj, version, home = await self.open(oid, latest=latest)
+        return obj.read(offset, length), version, home
+
+    async def transact(self, ops: Sequence[TxOp], txn_id: bytes | None = None) -> TransactResult:
+        """Run ops atomically at the home of the objects they change (one home only)."""
+        if not ops:
+            raise InvalidArgument("a transaction needs at least one operation")
+        txn_id = txn_id or os.urandom(16)
+        oids = {op.object_id for op in ops}
+        if all(self.is_home(oid) for oid in oids):
+            return await self.run_local(ops, txn_id)
+        homes = {(await self.cluster.locate(oid)).home for oid in oids}
+        if len(homes) != 1:
+            raise ClusterError(
+                f"a transaction must change objects of one home; these live on {sorted(homes)}"
+            )
+        (home,) = homes
+        if home == self.cluster.node_id:
+            raise ObjectNotFound("the directory names this node as home of an object it lacks")
+        message = Transact(txn_id, list(ops))
+        for attempt in range(2):  # a retry with the same txn_id is never applied twice
+            try:
+                reply = await self.cluster.request(home, message)
+                break
+            except PeerUnavailable as exc:
+                if attempt:
+                    raise HomeUnreachable(f"home {home} of the objects did not answer") from exc
+        assert isinstance(reply, TransactResult)
+        for ov in reply.versions:
+            self.copies.invalidate(ov.object_id, ov.version)
+        return reply
+
+    async def run_local(self, ops: Sequence[TxOp], txn_id: bytes) -> TransactResult:
+        done = self._applied.get(txn_id)
+        if done is not None:
+            self.stats["duplicates"] += 1
+            return done
+        result = await self._in_thread(lambda: self._run_ops(ops))
+        self._applied[txn_id] = result
+        while len(self._applied) > 100_000:
+            self._applied.popitem(last=False)
+        self.stats["transactions"] += 1
+        await self._invalidate_copies(result.versions)
+        return result
+
+    def _run_ops(self, ops: Sequence[TxOp]) -> TransactResult:
+        for attempt in range(20):
+            try:
+                with self.store.transaction() as tx:
+                    results = [self._run_op(tx, op) for op in ops]
+                    touched = list(tx.touched)
+                break
+            except TransactionConflict:
+                if attempt == 19:
+                    raise
+        versions = [ObjectVersion(oid, self.store.get(oid).header().version) for oid in touched]
+        return TransactResult(results, versions)
+
+    @staticmethod
+    def _run_op(tx: object, op: TxOp) -> int:
+        from dtwz.node.transaction import Transaction
+
+        assert isinstance(tx, Transaction)
+        if op.kind == OP_WRITE:
+            tx.write(op.object_id, op.offset, op.data)
+            return 0
+        if op.kind == OP_APPEND:
+            return tx.append(op.object_id, op.data)
+        if op.kind == OP_POINTER:
+            return tx.write_pointer(op.object_id, op.offset, op.target, op.target_offset)
+        if op.kind == OP_ALLOC:
+            return tx.alloc(op.object_id, op.size)
+        raise InvalidArgument(f"unknown transaction op kind {op.kind}")
+
+    async def _invalidate_copies(self, versions: Sequence[ObjectVersion]) -> None:
+        sends: list[Awaitable[Message]] = []
+        for ov in versions:
+            for holder in self.holders.pop(ov.object_id, ()):
+                message = Invalidate(ov.object_id, ov.version)
+                sends.append(self.cluster.request(holder, message, self.invalidate_timeout))
+        if sends:
+            self.stats["invalidations_sent"] += len(sends)
+            results = await asyncio.gather(*sends, return_exceptions=True)
+            for r in results:
+                if isinstance(r, Exception):  # the holder is gone or cut off
+                    log.info("invalidation not acknowledged: %s", r)
+
+    # -- fetching from a home --------------------------------------------------------
+
+    async def _fetch(
+        self, home: str, oid: ObjectId, offset: int, length: int, *, with_fot: bool
+    ) -> ObjectData:
+        message = Fetch(oid, offset, length, with_fot, True, self.cluster.node_id)
+        try:
+            reply = await self.cluster.request(home, message)
+        except PeerUnavailable as exc:
+            raise HomeUnreachable(f"home {home} of {oid.hex()} did not answer") from exc
+        if not isinstance(reply, ObjectData) or reply.object_id != oid:
+            raise CorruptObject(f"home {home} answered a fetch of {oid.hex()} with {reply!r}")
+        return reply
+
+    async def _fetch_copy(self, home: str, oid: ObjectId) -> tuple[StoredObject, int, str]:
+        for _ in range(5):
+            first = await self._fetch(home, oid, DATA_START, CHUNK, with_fot=True)
+            parts = [first.data]
+            rest = range(DATA_START + CHUNK, first.data_end, CHUNK)
+            if rest:
+                chunks = await self._fetch_chunks(home, oid, rest)
+                if any(c.version != first.version for c in chunks):
+                    continue  # a commit landed mid-fetch: start again
+                parts += [c.data for c in chunks]
+            data = parts[0] if len(parts) == 1 else b"".join(parts)
+            copy = self.copies.install(first.header, first.version, home, data, first.fot)
+            self.stats["remote_reads"] += 1
+            if copy is None:
+                continue  # invalidated while in flight
+            return copy.obj, copy.version, home
+        raise TransactionConflict(f"object {oid.hex()} kept changing while fetched")
+
+    async def _fetch_chunks(self, home: str, oid: ObjectId, starts: range) -> list[ObjectData]:
+        """Fetch CHUNK-sized ranges, at most WINDOW in flight (flow control)."""
+        gate = asyncio.Semaphore(WINDOW)
+
+        async def chunk(at: int) -> ObjectData:
+            async with gate:
+                return await self._fetch(home, oid, at, CHUNK, with_fot=False)
+
+        return list(await asyncio.gather(*(chunk(at) for at in starts)))
+
+    # -- peer handlers (this node as home) -------------------------------------------
+
+    async def on_fetch(self, m: Fetch) -> ObjectData:
+        obj = self.store.get(m.object_id)  # ObjectNotFound: the requester's location is stale
+        if m.register_copy:  # before reading: a commit after this point invalidates it
+            self.holders.setdefault(m.object_id, set()).add(m.requester)
+        header = ObjectHeader.decode(obj.view[:HEADER_RECORD_SIZE], check_id=False)
+        start = max(m.offset, DATA_START)
+        end = min(m.offset + m.length, header.data_end)
+        ranges = [(0, HEADER_RECORD_SIZE)]
+        if end > start:
+            ranges.append((start, end))
+        if m.with_fot:
+            ranges.append((header.fot_start, header.max_size))
+        if header.immutable:  # never changes: send straight from the mapping
+            parts: list[bytes | memoryview] = [obj.view[a:b] for a, b in ranges]
+            parts[0] = bytes(parts[0])
+        else:
+            parts = list(obj.snapshot(ranges))
+        header = ObjectHeader.decode(parts[0], check_id=False)
+        data = parts[1] if end > start else b""
+        fot = parts[-1] if m.with_fot else b""
+        self.stats["fetches_served"] += 1
+        return ObjectData(
+            m.object_id, header.version, header.max_size, header.data_end, header.fot_start,
+            start, bytes(parts[0]), data, fot,
+        )  # fmt: skip
+
+    async def on_transact(self, m: Transact) -> TransactResult:
+        for oid in {op.object_id for op in m.ops}:
+            if not self.is_home(oid):
+                raise ObjectNotFound(f"object {oid.hex()} is not homed on {self.cluster.node_id}")
+        return await self.run_local(m.ops, m.txn_id)
+
+    async def on_invalidate(self, m: Invalidate) -> Ack:
+        return Ack(1 if self.copies.invalidate(m.object_id, m.version) else 0)
+
+    async def on_create(self, m: Create) -> Created:
+        return await self.create(m.max_size, m.flags, m.default_prot, bytes(m.data))
+
+    def drop_holder(self, node_id: str) -> None:
+        """A node died: it holds no copies any more (it refetches after a restart)."""
+        for holders in self.holders.values():
+            holders.discard(node_id)
+
+    async def _in_thread(self, fn: Callable[[], _T]) -> _T:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn)
