@@ -160,7 +160,7 @@ def node_run(config_file: Path | None, log_level: str, **flags: Any) -> None:
     except (DtwzError, OSError, KeyboardInterrupt):
         raise  # the group turns these into one error line
     except Exception as exc:  # a third-party error the node did not translate
-        log.exception("node %s stopped", config.node_id)
+        log.debug("node %s stopped by an untranslated error", config.node_id, exc_info=True)
         raise ClusterError(f"node {config.node_id} stopped: {exc}") from exc
     log.info("node %s stopped", config.node_id)
 

@@ -145,10 +145,14 @@ class Pointer(Field):
         self._target = target
         self.flags = flags if flags is not None else FotFlags.READ | FotFlags.WRITE
 
+    def __set_name__(self, owner: type, name: str) -> None:
+        super().__set_name__(owner, name)
+        self._module = owner.__module__
+
     @property
     def target(self) -> type[Layout] | None:
         if isinstance(self._target, str):
-            self._target = Layout.registry[self._target]
+            self._target = Layout.resolve(self._target, getattr(self, "_module", ""))
         return self._target
 
     def __get__(self, view: Layout | None, owner: type | None = None) -> Any:
@@ -221,7 +225,21 @@ class Layout:
         cls.FIELDS = fields
         cls.ALIGN = align
         cls.SIZE = -(-at // align) * align
-        Layout.registry[cls.__name__] = cls
+        Layout.registry[f"{cls.__module__}.{cls.__qualname__}"] = cls
+
+    @staticmethod
+    def resolve(name: str, module: str) -> type[Layout]:
+        """The Layout a string pointer target names: first in the declaring module,
+        then anywhere, provided exactly one class has that name."""
+        found = Layout.registry.get(f"{module}.{name}") or Layout.registry.get(name)
+        if found is not None:
+            return found
+        matches = [c for key, c in Layout.registry.items() if key.rsplit(".", 1)[-1] == name]
+        if len(matches) != 1:
+            raise InvalidArgument(
+                f"pointer target {name!r} names {len(matches)} Layout classes; pass the class"
+            )
+        return matches[0]
 
     def __init__(self) -> None:
         raise TypeError("create views with store.view(), tx.view() or tx.new()")
