@@ -206,10 +206,11 @@ async def create(request: web.Request) -> web.Response:
     prot = _int(request, "prot", 3)
     data = await request.read()
     target = request.query.get("node", node.node_id)
+    txn_id = _txn_id(request) or b""
     if target == node.node_id:
-        created = await node.service.create(size, flags, prot, data)
+        created = await node.service.create(size, flags, prot, data, txn_id)
     else:
-        reply = await node.request(target, Create(b"", size, flags, prot, data))
+        reply = await node.request(target, Create(txn_id, size, flags, prot, data))
         assert isinstance(reply, Created)
         created = reply
     return web.json_response(

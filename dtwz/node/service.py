@@ -35,6 +35,7 @@ from typing import Protocol, TypeVar
 from dtwz.errors import (
     ClusterError,
     CorruptObject,
+    DtwzError,
     HomeUnreachable,
     InvalidArgument,
     ObjectNotFound,
@@ -67,6 +68,7 @@ CHUNK = 1 << 20
 WINDOW = 4
 OP_WRITE, OP_APPEND, OP_POINTER, OP_ALLOC = 1, 2, 3, 4
 _T = TypeVar("_T")
+_M = TypeVar("_M", bound=Message)
 
 
 class Cluster(Protocol):
@@ -90,7 +92,8 @@ class ObjectService:
         self.name_resolver: NameResolver | None = None
         self.copies = CopyCache(self)
         self.holders: dict[bytes, set[str]] = {}
-        self._applied: OrderedDict[bytes, TransactResult] = OrderedDict()
+        # txn_id -> outcome of requests already run here (or running), for retries
+        self._applied: OrderedDict[bytes, asyncio.Future[Message]] = OrderedDict()
         self._pool = ThreadPoolExecutor(8, thread_name_prefix="dtwz-commit")
         self.invalidate_timeout = invalidate_timeout
         self.stats = {"remote_reads": 0, "local_reads": 0, "copy_reads": 0, "fetches_served": 0,
@@ -114,9 +117,18 @@ class ObjectService:
     # -- client-facing operations ------------------------------------------------------
 
     async def create(
-        self, max_size: int, flags: int = 0, default_prot: int = 3, data: bytes = b""
+        self,
+        max_size: int,
+        flags: int = 0,
+        default_prot: int = 3,
+        data: bytes = b"",
+        txn_id: bytes | None = None,
     ) -> Created:
-        """Create an object homed on this node; publish its location before answering."""
+        """Create an object homed on this node; publish its location before answering.
+
+        With a ``txn_id``, a retried create returns the first object instead of
+        making a second one.
+        """
 
         def run() -> Created:
             with self.store.transaction() as tx:
@@ -124,11 +136,15 @@ class ObjectService:
                 offset = tx.append(oid, data) if data else 0
             return Created(oid, 1, offset)
 
-        created = await self._in_thread(run)
-        await self.cluster.publish_created(
-            HomeRecord(created.object_id, self.cluster.node_id, 1, 1)
-        )
-        return created
+        async def create_and_publish() -> Created:
+            created = await self._in_thread(run)
+            record = HomeRecord(created.object_id, self.cluster.node_id, 1, 1)
+            await self.cluster.publish_created(record)
+            return created
+
+        if txn_id:
+            return await self._once(txn_id, create_and_publish)
+        return await create_and_publish()
 
     async def open(self, oid: ObjectId, *, latest: bool = False) -> tuple[StoredObject, int, str]:
         """The object (local, or a copy fetched on demand), its version and its home."""
@@ -188,16 +204,34 @@ class ObjectService:
         return reply
 
     async def run_local(self, ops: Sequence[TxOp], txn_id: bytes) -> TransactResult:
-        done = self._applied.get(txn_id)
-        if done is not None:
-            self.stats["duplicates"] += 1
-            return done
+        """Run at this home, once per ``txn_id``: a retry, even one that arrives while
+        the first attempt still runs, gets the first attempt's result."""
+        return await self._once(txn_id, lambda: self._run_and_invalidate(ops))
+
+    async def _run_and_invalidate(self, ops: Sequence[TxOp]) -> TransactResult:
         result = await self._in_thread(lambda: self._run_ops(ops))
-        self._applied[txn_id] = result
-        while len(self._applied) > 100_000:
-            self._applied.popitem(last=False)
         self.stats["transactions"] += 1
         await self._invalidate_copies(result.versions)
+        return result
+
+    async def _once(self, txn_id: bytes, run: Callable[[], Awaitable[_M]]) -> _M:
+        known = self._applied.get(txn_id)
+        if known is not None:
+            self.stats["duplicates"] += 1
+            return await asyncio.shield(known)  # type: ignore[arg-type]
+        future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        self._applied[txn_id] = future
+        while len(self._applied) > 100_000:
+            self._applied.popitem(last=False)
+        try:
+            result = await run()
+        except BaseException as exc:
+            # not applied: forget the ID so that a retry runs it again
+            self._applied.pop(txn_id, None)
+            future.set_exception(exc if isinstance(exc, Exception) else DtwzError("cancelled"))
+            future.exception()  # retrieved: no "never retrieved" warning without waiters
+            raise
+        future.set_result(result)
         return result
 
     def _run_ops(self, ops: Sequence[TxOp]) -> TransactResult:
@@ -322,7 +356,7 @@ class ObjectService:
         return Ack(1 if self.copies.invalidate(m.object_id, m.version) else 0)
 
     async def on_create(self, m: Create) -> Created:
-        return await self.create(m.max_size, m.flags, m.default_prot, bytes(m.data))
+        return await self.create(m.max_size, m.flags, m.default_prot, bytes(m.data), m.txn_id)
 
     def drop_holder(self, node_id: str) -> None:
         """A node died: it holds no copies any more (it refetches after a restart)."""
