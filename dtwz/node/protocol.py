@@ -315,12 +315,68 @@ def _fields(cls: type) -> tuple[tuple[str, Any], ...]:
     return known
 
 
+_KINDS: dict[Any, Any] = {}
+
+
 def _kind(tp: Any) -> Any:
-    """Normalise an annotation to what the codec switches on."""
+    """Normalise an annotation to what the codec switches on (typing calls are slow:
+    each annotation is worked out once)."""
+    try:
+        return _KINDS[tp]
+    except KeyError:
+        pass
+    kind = tp
     if get_origin(tp) is Annotated:
-        _, marker = get_args(tp)[:2]
-        return marker
-    return tp
+        _, kind = get_args(tp)[:2]
+    elif get_origin(tp) is list:
+        kind = _ListOf(_kind(get_args(tp)[0]))
+    _KINDS[tp] = kind
+    return kind
+
+
+class _ListOf:
+    __slots__ = ("item",)
+
+    def __init__(self, item: Any) -> None:
+        self.item = item
+
+
+# A plan is the class's fields compiled once: runs of fixed-size fields (integers,
+# bools, object IDs) become one struct.Struct each, so a typical message encodes
+# and decodes with one or two pack/unpack calls instead of one per field.
+_BOOL, _OID = 1, 2
+_Step = tuple[Any, ...]  # ("fixed", Struct, names, posts) | ("var", name, annotation)
+_PLANS: dict[type, tuple[_Step, ...]] = {}
+
+
+def _plan(cls: type) -> tuple[_Step, ...]:
+    known = _PLANS.get(cls)
+    if known is not None:
+        return known
+    steps: list[_Step] = []
+    run: list[tuple[str, str, int]] = []  # (name, struct code, post-processing)
+
+    def close_run() -> None:
+        if run:
+            fmt = "<" + "".join(code for _, code, _ in run)
+            names = tuple(name for name, _, _ in run)
+            steps.append(("fixed", struct.Struct(fmt), names, tuple(p for _, _, p in run)))
+            run.clear()
+
+    for name, tp in _fields(cls):
+        kind = _kind(tp)
+        if isinstance(kind, _Int):
+            run.append((name, kind.struct.format.lstrip("<"), 0))
+        elif kind is bool:
+            run.append((name, "B", _BOOL))
+        elif kind is ObjectId:
+            run.append((name, "16s", _OID))
+        else:
+            close_run()
+            steps.append(("var", name, kind))
+    close_run()
+    _PLANS[cls] = plan = tuple(steps)
+    return plan
 
 
 class _Writer:
@@ -359,16 +415,31 @@ class _Writer:
         elif kind is bytes:
             body += _U32.pack(len(v))
             body += v
-        elif get_origin(kind) is list:
-            (item,) = get_args(kind)
+        elif isinstance(kind, _ListOf):
             body += _U32.pack(len(v))
             for x in v:
-                self.value(item, x)
+                self.value(kind.item, x)
         elif isinstance(kind, type) and issubclass(kind, Struct):
-            for name, ftp in _fields(kind):
-                self.value(ftp, getattr(v, name))
+            self.fields(kind, v)
         else:  # pragma: no cover - a programming error in a message definition
             raise TypeError(f"no wire encoding for {tp!r}")
+
+    def fields(self, cls: type, obj: Any) -> None:
+        for step in _plan(cls):
+            if step[0] == "var":
+                self.value(step[2], getattr(obj, step[1]))
+                continue
+            _, packer, names, posts = step
+            values = [getattr(obj, n) for n in names]
+            for i, post in enumerate(posts):
+                if post == _BOOL:
+                    values[i] = 1 if values[i] else 0
+                elif post == _OID and len(values[i]) != 16:
+                    raise ProtocolError("an object ID is 16 bytes")
+            try:
+                self.body += packer.pack(*values)
+            except struct.error as exc:
+                raise ProtocolError(f"{cls.__name__}: a value does not fit: {exc}") from exc
 
 
 class _Reader:
@@ -416,23 +487,44 @@ class _Reader:
                 raise ProtocolError("string is not UTF-8") from exc
         if kind is bytes:
             return bytes(self.take(self.unpack(_U32)))
-        if get_origin(kind) is list:
-            (item,) = get_args(kind)
+        if isinstance(kind, _ListOf):
             count = self.unpack(_U32)
             # every item takes at least one byte: refuse counts the body cannot hold
             if count > MAX_LIST or count > len(self.buf) - self.pos:
                 raise ProtocolError(f"list of {count} items cannot fit in the message")
+            item = kind.item
             return [self.value(item) for _ in range(count)]
         if isinstance(kind, type) and issubclass(kind, Struct):
-            return kind(**{name: self.value(ftp) for name, ftp in _fields(kind)})
+            return kind(**self.fields(kind))
         raise TypeError(f"no wire encoding for {tp!r}")  # pragma: no cover
+
+    def fields(self, cls: type) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for step in _plan(cls):
+            if step[0] == "var":
+                out[step[1]] = self.value(step[2])
+                continue
+            _, unpacker, names, posts = step
+            end = self.pos + unpacker.size
+            if end > len(self.buf):
+                raise ProtocolError("message body is too short")
+            values = unpacker.unpack_from(self.buf, self.pos)
+            self.pos = end
+            for name, value, post in zip(names, values, posts, strict=True):
+                if post == _BOOL:
+                    if value > 1:
+                        raise ProtocolError("a bool is 0 or 1")
+                    value = bool(value)
+                elif post == _OID:
+                    value = ObjectId(value)
+                out[name] = value
+        return out
 
 
 def encode(message: Message, request_id: int = 0, *, reply: bool = False) -> list[Frame]:
     """Frames for ``message``: envelope, body, then any payload frames."""
     writer = _Writer()
-    for name, tp in _fields(type(message)):
-        writer.value(tp, getattr(message, name))
+    writer.fields(type(message), message)
     envelope = _ENVELOPE.pack(
         MAGIC, PROTOCOL_VERSION, message.OP, FLAG_REPLY if reply else 0, 0, request_id
     )
@@ -463,7 +555,7 @@ def decode(frames: Sequence[Frame]) -> tuple[Message, int, bool]:
         raise ProtocolError(f"unknown op {op}")
     reader = _Reader(memoryview(frames[1]), frames[2:])
     try:
-        values = {name: reader.value(tp) for name, tp in _fields(cls)}
+        values = reader.fields(cls)
     except errors.FormatError as exc:  # e.g. an ObjectId of the wrong length
         raise ProtocolError(str(exc)) from exc
     if reader.pos != len(reader.buf):
