@@ -254,12 +254,16 @@ def _emit_status(
         cfg.emit(True, extra | {"nodes": [r.to_json() for r in rows]}, "")
     else:
         table = Table(box=None, header_style="bold")
-        for name in ("NODE", "URL", "PID", "UP", "MEMBERS", "OBJECTS", "COPIES", "HITS", "MISSES"):
+        with_pids = any(r.pid for r in rows)  # known only for a local cluster folder
+        names = ["NODE", "URL", *(["PID"] if with_pids else []), "UP", "MEMBERS", "OBJECTS",
+                 "COPIES", "HITS", "MISSES"]  # fmt: skip
+        for name in names:
             table.add_column(name, justify="left" if name in ("NODE", "URL", "UP") else "right")
         for r in rows:
             state = "ready" if r.ready else ("up" if r.up else "DOWN")
             figures = (r.members, r.objects, r.copies, r.cache_hits, r.cache_misses)
-            table.add_row(r.node_id, r.url, str(r.pid or "-"), state,
+            pid = [str(r.pid or "-")] if with_pids else []
+            table.add_row(r.node_id, r.url, *pid, state,
                           *("-" if v is None else str(v) for v in figures))  # fmt: skip
         Console(width=120, highlight=False).print(table)
     down = [r for r in rows if not r.up]

@@ -6,12 +6,13 @@ reports as ``{"error": kind, "message": ...}`` are raised again here as the same
 ``dtwz.errors`` class; a node that cannot be reached raises ``PeerUnavailable``
 naming its URL, after at most ``timeout`` seconds per attempt.
 
-Retries: every mutation carries a transaction ID (``X-Dtwz-Txn`` or ``txn_id``),
-and the home applies an ID at most once, so a mutation is retried once, with the
-same ID, after any transport failure. Reads are retried once unless they timed
-out (a retry would only double the wait). ``create`` has no ID and is retried only
-when the request cannot have reached the node (refused, or a kept-alive
-connection the node had already closed).
+Retries: a request that fails on a kept-alive connection the node had closed
+(its idle timer, or a restart) is sent again on a fresh one, once, without
+counting as a retry. Beyond that, every mutation (``create`` included) carries a
+transaction ID (``X-Dtwz-Txn`` or ``txn_id``) and the home applies an ID at most
+once, so a mutation is retried once, with the same ID, after any transport
+failure. Reads are retried once unless they timed out (a retry would only double
+the wait). So a call returns or raises within about two ``timeout`` periods.
 
 Copies: ``get`` fetches an object's image (header record, data, FOT) into an
 anonymous mapping (``dtwz.node.copies``), checks its ID against its metadata and
@@ -268,7 +269,7 @@ class Client:
         query: dict[str, Any] = {"size": size, "flags": flags, "prot": prot}
         if node is not None:
             query["node"] = node
-        doc = self._call("POST", "/objects", query, bytes(data), idempotent=False).json()
+        doc = self._mutate("POST", "/objects", query, bytes(data)).json()
         return ObjectId.parse(str(doc["id"]))
 
     def read(
@@ -419,13 +420,14 @@ class Client:
         body: bytes | None = None,
         *,
         headers: Mapping[str, str] | None = None,
-        idempotent: bool = True,
         check: bool = True,
     ) -> _Response:
         target = f"{path}?{urlencode(query)}" if query else path
         all_headers = {"Content-Type": "application/octet-stream", **(headers or {})}
         mutation = method != "GET"
-        for attempt in range(2):
+        failures = 0
+        stale_allowed = True
+        while True:
             conn, reused = self._pool.take()
             try:
                 conn.request(method, target, body=body, headers=all_headers)
@@ -434,7 +436,14 @@ class Client:
                 response = _Response(raw.status, got, raw.read())
             except (OSError, http.client.HTTPException) as exc:
                 conn.close()
-                if attempt or not _may_retry(exc, reused, idempotent, mutation):
+                if reused and stale_allowed and isinstance(exc, _STALE):
+                    # the node closed its end of a kept-alive connection (idle timer or a
+                    # restart): the other idle ones are stale too; this try does not count
+                    stale_allowed = False
+                    self._pool.close()
+                    continue
+                failures += 1
+                if failures > 1 or not _may_retry(exc, mutation):
                     raise self._unavailable(method, path, exc) from exc
                 continue
             if raw.will_close:
@@ -454,16 +463,12 @@ class Client:
         return PeerUnavailable(f"node {self.url} did not answer {method} {path}: {why}")
 
 
-def _may_retry(exc: BaseException, reused: bool, idempotent: bool, mutation: bool) -> bool:
-    """Whether a failed request may be sent once more (see the module docstring)."""
-    never_sent = isinstance(exc, ConnectionRefusedError) or (
-        reused
-        and isinstance(exc, http.client.RemoteDisconnected | BrokenPipeError | ConnectionResetError)
-    )
-    if never_sent:
-        return True
-    if not idempotent:
-        return False
+_STALE = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError)
+
+
+def _may_retry(exc: BaseException, mutation: bool) -> bool:
+    """Whether a request that failed on a fresh connection may be sent once more:
+    mutations always (they carry transaction IDs), reads unless they timed out."""
     return mutation or not isinstance(exc, TimeoutError)
 
 

@@ -224,7 +224,7 @@ def test_view_identity(store: Store) -> None:
     assert v1 == v2 and hash(v1) == hash(v2)
     assert v1 != store.view(ViewsNode, a, at + 16)
     assert repr(v1) == f"ViewsNode@{a.hex()}:{at:#x}"
-    assert ViewsNode.registry["ViewsNode"] is ViewsNode
+    assert Layout.resolve("ViewsNode", __name__) is ViewsNode
 
 
 def test_view_of_default_offset_is_the_data_start(store: Store) -> None:

@@ -214,8 +214,16 @@ class PeerEndpoint:
             self.stats["timeouts"] += 1
             self._drop(addr, conn)
             raise PeerUnavailable(f"{addr} did not answer within {timeout:g}s") from exc
+        except (asyncio.CancelledError, zmq.ZMQError) as exc:
+            task = asyncio.current_task()
+            if not conn.socket.closed or (task is not None and task.cancelling()):
+                raise
+            # another request's timeout closed the shared connection under this one
+            raise PeerUnavailable(f"{addr}: connection closed while waiting") from exc
         finally:
             conn.pending.pop(request_id, None)
+            if future.done() and not future.cancelled():
+                future.exception()  # retrieved: a closing connection may have failed it
         if isinstance(reply, ErrorReply):
             raise_error(reply)
         return reply

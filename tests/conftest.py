@@ -1,0 +1,59 @@
+"""Shared fixtures: real local clusters of node processes on loopback.
+
+Every cluster runs on free ports in a pytest tmp folder and is always stopped in
+teardown (SIGTERM, then SIGKILL); a session finalizer kills any node process a
+failing test left behind, so no test run leaks processes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from dtwz import cluster as local_cluster
+from dtwz.cluster import LocalCluster
+
+START_TIMEOUT = 60.0  # generous: CI machines start Python processes slowly
+
+ClusterFactory = Callable[..., LocalCluster]
+
+
+@contextlib.contextmanager
+def running_cluster(n: int, data_dir: Path, *node_args: str) -> Iterator[LocalCluster]:
+    """A started cluster of ``n`` nodes in ``data_dir``, stopped on exit whatever happens."""
+    started = local_cluster.up(n, data_dir, node_args=node_args, timeout=START_TIMEOUT)
+    try:
+        yield started
+    finally:
+        started.stop(timeout=10.0)
+
+
+@pytest.fixture(scope="module")
+def cluster3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """One 3-node cluster shared by a test module (tests must not stop its nodes)."""
+    with running_cluster(3, tmp_path_factory.mktemp("cluster3")) as started:
+        yield started
+
+
+@pytest.fixture
+def make_cluster(tmp_path: Path) -> Iterator[ClusterFactory]:
+    """A factory for clusters a test may disrupt (kill, restart); all stopped at teardown."""
+    stack = contextlib.ExitStack()
+
+    def make(n: int, *node_args: str, name: str = "cluster") -> LocalCluster:
+        return stack.enter_context(running_cluster(n, tmp_path / name, *node_args))
+
+    with stack:
+        yield make
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_leaked_nodes() -> Iterator[None]:
+    yield
+    for proc in list(local_cluster._children.values()):
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
