@@ -1,12 +1,12 @@
 # Two commands do everything on a fresh machine (see README.md):
-#   make demo   - create .venv, install dtwz, run the demo of the object space
+#   make demo   - create .venv, install dtwz, start a local 3-node cluster and run its demo
 #   make test   - create .venv, install dtwz with test tools, lint and run the tests
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo store-demo test lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,6 +15,9 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
+	$(BIN)/python -m examples.cluster_demo
+
+store-demo: $(STAMP)
 	$(BIN)/python -m examples.demo
 
 lint: $(STAMP)
@@ -26,6 +29,7 @@ test: $(STAMP) lint
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.bench_store
+	$(BIN)/python -m bench.bench_cluster
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -13,7 +13,6 @@ to install a copy older than that.
 
 from __future__ import annotations
 
-import mmap
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -78,7 +77,9 @@ class CopyCache:
         if self._invalidated.get(oid, 0) > version:
             self.stats["stale"] += 1
             return None
-        mapping = mmap.mmap(-1, header.max_size)
+        # a bytearray, not an anonymous mmap: calloc'd memory is as sparse, and far
+        # cheaper to set up and tear down for the many small copies a node holds
+        mapping = bytearray(header.max_size)
         mapping[:HEADER_RECORD_SIZE] = header_record
         mapping[DATA_START : DATA_START + len(data)] = data
         if fot:

@@ -332,15 +332,11 @@ async def transact(request: web.Request) -> web.Response:
 
 async def locate(request: web.Request) -> web.Response:
     node = _node(request)
-    assert node.service is not None
     oid = _oid(request)
-    record = await node.locate(oid, refresh=_flag(request, "refresh"))
-    out: dict[str, Any] = {"id": oid.hex(), "home": record.home, "version": record.version,
-                           "epoch": record.epoch}  # fmt: skip
-    if record.home == node.node_id:
-        out["version"] = node.service.store.get(oid).header().version
-        out["copies"] = sorted(node.service.holders.get(oid, ()))
-    return web.json_response(out)
+    where = await node.describe(oid, refresh=_flag(request, "refresh"))
+    record = where.record
+    return web.json_response({"id": oid.hex(), "home": record.home, "version": record.version,
+                              "epoch": record.epoch, "copies": where.copies})  # fmt: skip
 
 
 async def _json(request: web.Request) -> dict[str, Any]:

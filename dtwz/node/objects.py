@@ -49,6 +49,7 @@ class ObjectSource(Protocol):
 
     def get(self, oid: ObjectId) -> StoredObject: ...
 
+
 _U64 = struct.Struct("<Q")
 
 
@@ -68,7 +69,9 @@ class StoredObject:
         "view",
     )
 
-    def __init__(self, store: ObjectSource, object_id: ObjectId, mapping: mmap.mmap) -> None:
+    def __init__(
+        self, store: ObjectSource, object_id: ObjectId, mapping: mmap.mmap | bytearray
+    ) -> None:
         self._store = store
         self.object_id = object_id
         self._map = mapping

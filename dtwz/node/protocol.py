@@ -206,6 +206,7 @@ class Location(Message):
     OP = 21
     found: bool
     record: HomeRecord
+    copies: list[str] = field(default_factory=list)  # filled in by the home only
 
 
 @dataclass(frozen=True, slots=True)

@@ -134,8 +134,10 @@ class Node:
         await asyncio.gather(
             *(self._quiet(self.request(n, goodbye, 0.5)) for n in self._peers()),
         )
-        for task in list(self._tasks):
+        tasks = list(self._tasks)
+        for task in tasks:
             task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         if self._http_runner is not None:
             await self._http_runner.cleanup()
         await self.peer.close()
@@ -191,7 +193,11 @@ class Node:
             case Create():
                 return await service.on_create(m)
             case Locate():
-                record = self._local_record(m.object_id) or self.shard.get(m.object_id)
+                if service.is_home(m.object_id):  # the home knows best: version and copies
+                    version = service.store.get(m.object_id).header().version
+                    copies = sorted(service.holders.get(m.object_id, ()))
+                    return Location(True, HomeRecord(m.object_id, self.node_id, version, 1), copies)
+                record = self.shard.get(m.object_id)
                 return Location(record is not None, record or _NO_RECORD)
             case Publish():
                 return Ack(sum(self.shard.put(r) for r in m.records))
@@ -294,7 +300,11 @@ class Node:
             if cached is not None:
                 return self._check_home(cached)
         self.stats["directory_lookups"] += 1
-        for owner in self._owners(oid):
+        owners = self._owners(oid)
+        if self.node_id in owners:  # our own shard first: no round trip
+            owners.remove(self.node_id)
+            owners.insert(0, self.node_id)
+        for owner in owners:
             if owner == self.node_id:
                 record = self.shard.get(oid)
             else:
@@ -382,6 +392,19 @@ class Node:
                                   self.config.directory_copies)  # fmt: skip
         self.stats["republished"] += count
         return count
+
+    async def describe(self, oid: ObjectId, *, refresh: bool = False) -> Location:
+        """Where an object lives, with the home's own version and list of copy holders."""
+        record = await self.locate(oid, refresh=refresh)
+        if record.home == self.node_id:
+            reply = await self._dispatch(Locate(oid))
+        else:
+            try:
+                reply = await self.request(record.home, Locate(oid))
+            except DtwzError:  # the directory's word is the best we have
+                return Location(True, record, [])
+        assert isinstance(reply, Location)
+        return reply if reply.found else Location(True, record, [])
 
     # -- status ----------------------------------------------------------------------
 

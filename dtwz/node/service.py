@@ -148,14 +148,14 @@ class ObjectService:
 
     async def open(self, oid: ObjectId, *, latest: bool = False) -> tuple[StoredObject, int, str]:
         """The object (local, or a copy fetched on demand), its version and its home."""
+        copy = self.copies.get(oid)  # before is_home: a copy is never of a local object
+        if copy is not None and not latest:
+            self.stats["copy_reads"] += 1
+            return copy.obj, copy.version, copy.home
         if self.is_home(oid):
             obj = self.store.get(oid)
             self.stats["local_reads"] += 1
             return obj, obj.header().version, self.cluster.node_id
-        copy = self.copies.get(oid)
-        if copy is not None and not latest:
-            self.stats["copy_reads"] += 1
-            return copy.obj, copy.version, copy.home
         record = await self.cluster.locate(oid)
         try:
             if copy is not None:  # latest asked: one round trip to compare versions

@@ -105,7 +105,16 @@ TABLE: list[tuple[Message, int, bool, list[str]]] = [
         Location(True, HomeRecord(OID, "n2", 3, 1)),
         3,
         True,
-        [env(21, 3, True), f"01 {OID_HEX} 0200 6e32 0300000000000000 0100000000000000"],
+        [env(21, 3, True), f"01 {OID_HEX} 0200 6e32 0300000000000000 0100000000000000 00000000"],
+    ),
+    (
+        Location(True, HomeRecord(OID, "n2", 3, 1), ["n3"]),
+        3,
+        True,
+        [
+            env(21, 3, True),
+            f"01 {OID_HEX} 0200 6e32 0300000000000000 0100000000000000 01000000 0200 6e33",
+        ],
     ),
     (
         Publish([HomeRecord(OID, "n2", 0, 1)]),
