@@ -221,7 +221,7 @@ async def create(request: web.Request) -> web.Response:
 async def info(request: web.Request) -> web.Response:
     node = _node(request)
     assert node.service is not None
-    obj, _, home = await node.service.open(_oid(request), latest=_flag(request, "latest"))
+    obj, _, home = await node.service.open_whole(_oid(request), latest=_flag(request, "latest"))
     header = obj.header()
     fot = []
     for index in range(1, header.fot_count + 1):
@@ -253,7 +253,7 @@ async def read(request: web.Request) -> web.Response:
     node = _node(request)
     assert node.service is not None
     oid = _oid(request)
-    obj, version, home = await node.service.open(oid, latest=_flag(request, "latest"))
+    obj, version, home = await node.service.open_whole(oid, latest=_flag(request, "latest"))
     offset = _int(request, "offset", DATA_START)
     length = _int(request, "length", max(0, obj.header().data_end - offset))
     data = obj.read(offset, length)
@@ -265,7 +265,7 @@ async def image(request: web.Request) -> web.Response:
     """Everything a client needs to build its own copy: header record, data, FOT."""
     node = _node(request)
     assert node.service is not None
-    obj, _, home = await node.service.open(_oid(request), latest=_flag(request, "latest"))
+    obj, _, home = await node.service.open_whole(_oid(request), latest=_flag(request, "latest"))
     for _ in range(100):  # the layout must come from the same commit as the bytes
         header = ObjectHeader.decode(obj.view[:HEADER_RECORD_SIZE], check_id=False)
         header_raw, data, fot = obj.snapshot(

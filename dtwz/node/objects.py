@@ -77,8 +77,10 @@ class StoredObject:
         self._map = mapping
         self.max_size = len(mapping)
         self.view = memoryview(mapping).toreadonly()
-        # index -> resolved target (ID entries only); index 0 is this object itself
-        self._fot_targets: list[StoredObject | None] = [self]
+        # index -> resolved target (ID entries only). Index 0 means this object but
+        # holds None: a reference to self would make a cycle that only the garbage
+        # collector frees, keeping the mapping (and its descriptor) alive
+        self._fot_targets: list[StoredObject | None] = [None]
         # (target ID, flags) -> index, for reuse when storing pointers
         self._fot_lookup: dict[tuple[bytes, int], int] = {}
         self._fot_scanned = 0
@@ -136,10 +138,13 @@ class StoredObject:
         """Dereference a pointer stored in this object: ``(target object, offset)``."""
         index = word >> OFFSET_BITS
         offset = word & OFFSET_MASK
-        targets = self._fot_targets
-        target = targets[index] if index < len(targets) else None
-        if target is None or (index and target.deleted):  # no stale cached target
-            target = self._resolve(index)
+        if index:
+            targets = self._fot_targets
+            target = targets[index] if index < len(targets) else None
+            if target is None or target.deleted:  # no stale cached target
+                target = self._resolve(index)
+        else:
+            target = self
         if offset < DATA_START or offset >= target.max_size:
             if not word:
                 raise NullPointer("dereference of a NULL pointer")

@@ -40,6 +40,7 @@ from dtwz.errors import (
     InvalidArgument,
     ObjectNotFound,
     PeerUnavailable,
+    PointerOutOfBounds,
     TransactionConflict,
 )
 from dtwz.ids import ObjectId
@@ -66,6 +67,7 @@ log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
 WINDOW = 4
+WHOLE_COPY_MAX = 16 << 20  # data bytes: larger remote objects are read by range
 OP_WRITE, OP_APPEND, OP_POINTER, OP_ALLOC = 1, 2, 3, 4
 _T = TypeVar("_T")
 _M = TypeVar("_M", bound=Message)
@@ -96,8 +98,10 @@ class ObjectService:
         self._applied: OrderedDict[bytes, asyncio.Future[Message]] = OrderedDict()
         self._pool = ThreadPoolExecutor(8, thread_name_prefix="dtwz-commit")
         self.invalidate_timeout = invalidate_timeout
+        self._large: set[bytes] = set()  # remote objects read by range, never copied whole
         self.stats = {"remote_reads": 0, "local_reads": 0, "copy_reads": 0, "fetches_served": 0,
-                      "transactions": 0, "duplicates": 0, "invalidations_sent": 0}  # fmt: skip
+                      "transactions": 0, "duplicates": 0, "invalidations_sent": 0,
+                      "range_reads": 0}  # fmt: skip
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
@@ -146,8 +150,14 @@ class ObjectService:
             return await self._once(txn_id, create_and_publish)
         return await create_and_publish()
 
-    async def open(self, oid: ObjectId, *, latest: bool = False) -> tuple[StoredObject, int, str]:
-        """The object (local, or a copy fetched on demand), its version and its home."""
+    async def open(
+        self, oid: ObjectId, *, latest: bool = False, whole_limit: int | None = None
+    ) -> tuple[StoredObject, int, str] | None:
+        """The object (local, or a whole copy fetched on demand), its version and its home.
+
+        With ``whole_limit``, a remote object whose data is larger is not copied
+        (None is returned; its size is remembered) so the caller can read ranges.
+        """
         copy = self.copies.get(oid)  # before is_home: a copy is never of a local object
         if copy is not None and not latest:
             self.stats["copy_reads"] += 1
@@ -162,17 +172,57 @@ class ObjectService:
                 layout = await self._fetch(record.home, oid, 0, 0, with_fot=False)
                 if layout.version == copy.version:
                     return copy.obj, copy.version, copy.home
-            return await self._fetch_copy(record.home, oid)
+            return await self._fetch_copy(record.home, oid, whole_limit)
         except ObjectNotFound:
             # the home no longer has it: the location was stale; ask the directory again
             record = await self.cluster.locate(oid, refresh=True)
-            return await self._fetch_copy(record.home, oid)
+            return await self._fetch_copy(record.home, oid, whole_limit)
+
+    async def open_whole(
+        self, oid: ObjectId, *, latest: bool = False
+    ) -> tuple[StoredObject, int, str]:
+        opened = await self.open(oid, latest=latest)
+        assert opened is not None
+        return opened
 
     async def read(
         self, oid: ObjectId, offset: int, length: int, *, latest: bool = False
     ) -> tuple[memoryview, int, str]:
-        obj, version, home = await self.open(oid, latest=latest)
-        return obj.read(offset, length), version, home
+        """Bytes of an object wherever it lives. Remote objects up to WHOLE_COPY_MAX
+        bytes of data are copied whole (later reads are local); larger ones are read
+        by range, without a copy."""
+        if oid not in self._large:
+            opened = await self.open(oid, latest=latest, whole_limit=WHOLE_COPY_MAX)
+            if opened is not None:
+                obj, version, home = opened
+                return obj.read(offset, length), version, home
+        return await self._read_range(oid, offset, length)
+
+    async def _read_range(
+        self, oid: ObjectId, offset: int, length: int
+    ) -> tuple[memoryview, int, str]:
+        if offset < DATA_START or length < 0:
+            raise PointerOutOfBounds(f"read of {length} bytes at {offset:#x} is outside the data")
+        home = (await self.cluster.locate(oid)).home
+        for _ in range(5):
+            first = await self._fetch(home, oid, offset, min(length, CHUNK), with_fot=False,
+                                      register=False)  # fmt: skip
+            if offset + length > first.max_size:
+                raise PointerOutOfBounds(
+                    f"read of {length} bytes at {offset:#x} is outside object {oid.hex()}"
+                )
+            starts = range(offset + CHUNK, offset + length, CHUNK)
+            chunks = await self._fetch_chunks(home, oid, starts, register=False) if starts else []
+            if any(c.version != first.version for c in chunks):
+                continue  # a commit landed mid-read: read again
+            out = bytearray(length)  # past data_end an object reads as zeros
+            for part in (first, *chunks):
+                at = part.offset - offset
+                size = min(len(part.data), length - at)
+                out[at : at + size] = part.data[:size]
+            self.stats["range_reads"] += 1
+            return memoryview(out).toreadonly(), first.version, home
+        raise TransactionConflict(f"object {oid.hex()} kept changing while read")
 
     async def transact(self, ops: Sequence[TxOp], txn_id: bytes | None = None) -> TransactResult:
         """Run ops atomically at the home of the objects they change (one home only)."""
@@ -279,9 +329,16 @@ class ObjectService:
     # -- fetching from a home --------------------------------------------------------
 
     async def _fetch(
-        self, home: str, oid: ObjectId, offset: int, length: int, *, with_fot: bool
+        self,
+        home: str,
+        oid: ObjectId,
+        offset: int,
+        length: int,
+        *,
+        with_fot: bool,
+        register: bool = True,
     ) -> ObjectData:
-        message = Fetch(oid, offset, length, with_fot, True, self.cluster.node_id)
+        message = Fetch(oid, offset, length, with_fot, register, self.cluster.node_id)
         try:
             reply = await self.cluster.request(home, message)
         except PeerUnavailable as exc:
@@ -290,9 +347,14 @@ class ObjectService:
             raise CorruptObject(f"home {home} answered a fetch of {oid.hex()} with {reply!r}")
         return reply
 
-    async def _fetch_copy(self, home: str, oid: ObjectId) -> tuple[StoredObject, int, str]:
+    async def _fetch_copy(
+        self, home: str, oid: ObjectId, whole_limit: int | None = None
+    ) -> tuple[StoredObject, int, str] | None:
         for _ in range(5):
             first = await self._fetch(home, oid, DATA_START, CHUNK, with_fot=True)
+            if whole_limit is not None and first.data_end - DATA_START > whole_limit:
+                self._large.add(oid)
+                return None
             parts = [first.data]
             rest = range(DATA_START + CHUNK, first.data_end, CHUNK)
             if rest:
@@ -308,13 +370,15 @@ class ObjectService:
             return copy.obj, copy.version, home
         raise TransactionConflict(f"object {oid.hex()} kept changing while fetched")
 
-    async def _fetch_chunks(self, home: str, oid: ObjectId, starts: range) -> list[ObjectData]:
+    async def _fetch_chunks(
+        self, home: str, oid: ObjectId, starts: range, *, register: bool = True
+    ) -> list[ObjectData]:
         """Fetch CHUNK-sized ranges, at most WINDOW in flight (flow control)."""
         gate = asyncio.Semaphore(WINDOW)
 
         async def chunk(at: int) -> ObjectData:
             async with gate:
-                return await self._fetch(home, oid, at, CHUNK, with_fot=False)
+                return await self._fetch(home, oid, at, CHUNK, with_fot=False, register=register)
 
         return list(await asyncio.gather(*(chunk(at) for at in starts)))
 
