@@ -253,10 +253,15 @@ async def read(request: web.Request) -> web.Response:
     node = _node(request)
     assert node.service is not None
     oid = _oid(request)
-    obj, version, home = await node.service.open_whole(oid, latest=_flag(request, "latest"))
+    latest = _flag(request, "latest")
     offset = _int(request, "offset", DATA_START)
-    length = _int(request, "length", max(0, obj.header().data_end - offset))
-    data = obj.read(offset, length)
+    if "length" in request.query:  # a range: large remote objects are read by range
+        data, version, home = await node.service.read(
+            oid, offset, _int(request, "length"), latest=latest
+        )
+    else:  # everything up to the end of the data
+        obj, version, home = await node.service.open_whole(oid, latest=latest)
+        data = obj.read(offset, max(0, obj.header().data_end - offset))
     return web.Response(body=bytes(data), content_type="application/octet-stream",
                         headers={"X-Dtwz-Version": str(version), "X-Dtwz-Home": home})  # fmt: skip
 
