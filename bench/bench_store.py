@@ -139,6 +139,7 @@ def pointer_figures(report: Report, root: Path, scale: Scale, repeat: int) -> No
                 {
                     "raw": partial(_unpack_loop, mapping, offsets),
                     "follow": partial(_follow_loop, source, words),
+                    "tlb": partial(_translation_loop, source, words),
                     "checked": partial(_follow_read_u64_loop, source, words),
                     "typed": partial(_typed_view_loop, nodes),
                 },
@@ -155,6 +156,7 @@ def pointer_figures(report: Report, root: Path, scale: Scale, repeat: int) -> No
             t["raw"],
             target=Target("max_ratio", 2),
         ),
+        Row("  (hot loop: translations[word] + read u64)", t["tlb"], raw_name, t["raw"]),
         Row("  (follow + read_u64, bounds-checked)", t["checked"], raw_name, t["raw"]),
         Row("  (typed view: node.next.value)", t["typed"], raw_name, t["raw"]),
     )
@@ -182,6 +184,17 @@ def _follow_loop(source: StoredObject, words: list[int]) -> None:
     follow, unpack = source.follow, _U64.unpack_from
     for word in words:
         target, offset = follow(word)
+        unpack(target.view, offset)
+
+
+def _translation_loop(source: StoredObject, words: list[int]) -> None:
+    """What a pointer-chasing loop writes: the object's translation cache first."""
+    translations, follow, unpack = source.translations, source.follow, _U64.unpack_from
+    for word in words:
+        try:
+            target, offset = translations[word]
+        except KeyError:
+            target, offset = follow(word)
         unpack(target.view, offset)
 
 

@@ -21,13 +21,20 @@ so callers never have to know which library sat underneath::
     │   └── TransactionConflict     a lock could not be taken in time; retry
     ├── StoreError                  the store folder is missing, foreign or unusable
     ├── ProtocolError               frames that are not a well-formed peer message
+    ├── NamespaceError              a name operation that cannot be done as asked
+    │   ├── NameNotFound            no binding for a component of the path
+    │   ├── NameExists              the name is bound already (another bind won)
+    │   ├── NotADirectory           a component that must be a directory is not one
+    │   ├── DirectoryNotEmpty       removing a directory that still has entries
+    │   ├── SymlinkLoop             too many symbolic links on one path (a loop)
+    │   └── InvalidName             a malformed or overlong name or path
     └── ClusterError                a request that needs another node failed
         ├── PeerUnavailable         a peer did not answer within the timeout
         ├── HomeUnreachable         the object's home node is dead or cut off
         └── StaleLocation           a location record was older than the truth; retried
 
 ``InvalidArgument`` (also a ``ValueError``) covers bad sizes, offsets and flags
-given by a caller.
+given by a caller; ``InvalidName`` is one too, so a bad path is a usage error.
 """
 
 from __future__ import annotations
@@ -103,6 +110,34 @@ class StoreError(DtwzError):
 
 class ProtocolError(DtwzError):
     """Frames that are not a well-formed message of the peer protocol."""
+
+
+class NamespaceError(DtwzError):
+    """A name operation that cannot be done as asked (docs/NAMES.md)."""
+
+
+class NameNotFound(NamespaceError):
+    """No binding for a component of the path."""
+
+
+class NameExists(NamespaceError):
+    """The name is bound already; of two concurrent binds, the loser gets this."""
+
+
+class NotADirectory(NamespaceError):
+    """A path component that must be a directory is bound to something else."""
+
+
+class DirectoryNotEmpty(NamespaceError):
+    """A directory that still has entries cannot be unbound."""
+
+
+class SymlinkLoop(NamespaceError):
+    """More symbolic links on one path than the limit: a loop, or close enough."""
+
+
+class InvalidName(NamespaceError, InvalidArgument):
+    """A malformed or overlong name or path (also an ``InvalidArgument``)."""
 
 
 class ClusterError(DtwzError):

@@ -115,4 +115,4 @@ class CopyCache:
         copy = self._copies.pop(oid, None)
         if copy is not None:
             self._bytes -= copy.obj.max_size
-            copy.obj.deleted = True  # pointers that cached this copy must look it up again
+            copy.obj.mark_deleted()  # pointers that cached this copy must look it up again

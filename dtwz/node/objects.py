@@ -13,6 +13,7 @@ from __future__ import annotations
 import mmap
 import struct
 import time
+import weakref
 from collections.abc import Callable
 from typing import Protocol
 
@@ -51,12 +52,16 @@ class ObjectSource(Protocol):
 
 
 _U64 = struct.Struct("<Q")
+TRANSLATIONS_MAX = 4096  # pointer words remembered per object
+# objects whose translations are not empty, to forget them all when an object goes
+_TRANSLATING: weakref.WeakSet[StoredObject] = weakref.WeakSet()
 
 
 class StoredObject:
     """One object of a store, mapped into this process."""
 
     __slots__ = (
+        "__weakref__",
         "_fot_lookup",
         "_fot_scanned",
         "_fot_targets",
@@ -66,6 +71,7 @@ class StoredObject:
         "deleted",
         "max_size",
         "object_id",
+        "translations",
         "view",
     )
 
@@ -88,6 +94,7 @@ class StoredObject:
         # that copy bytes out, such as a node serving a fetch)
         self._seq = 0
         self.deleted = False  # set by the store when this process deletes the object
+        self.translations: dict[int, tuple[StoredObject, int]] = {}
 
     # -- reading ---------------------------------------------------------------
 
@@ -135,7 +142,17 @@ class StoredObject:
     # -- pointers --------------------------------------------------------------
 
     def follow(self, word: int) -> tuple[StoredObject, int]:
-        """Dereference a pointer stored in this object: ``(target object, offset)``."""
+        """Dereference a pointer stored in this object: ``(target object, offset)``.
+
+        A pointer word that follows to an ID entry (or inside the object) always
+        leads to the same place: FOT entries never change and sizes are fixed. Its
+        checked result is kept in ``translations`` (a small software TLB), so hot
+        loops may look a word up there first and call ``follow`` only on a miss.
+        Name entries are late-bound and never kept.
+        """
+        hit = self.translations.get(word)
+        if hit is not None:
+            return hit
         index = word >> OFFSET_BITS
         offset = word & OFFSET_MASK
         if index:
@@ -152,7 +169,23 @@ class StoredObject:
                 f"pointer {index}:{offset:#x} is outside object {target.object_id.hex()} "
                 f"(data {DATA_START:#x}..{target.max_size:#x})"
             )
+        targets = self._fot_targets
+        if not index or (index < len(targets) and targets[index] is target):
+            memo = self.translations
+            if len(memo) >= TRANSLATIONS_MAX:
+                memo.clear()
+            if not memo:
+                _TRANSLATING.add(self)
+            memo[word] = (target, offset)
         return target, offset
+
+    def mark_deleted(self) -> None:
+        """This object is gone (deleted here, or a copy dropped): no pointer may lead
+        to it any more, so every translation in this process is forgotten."""
+        self.deleted = True
+        for obj in list(_TRANSLATING):
+            obj.translations.clear()
+        _TRANSLATING.clear()
 
     def _resolve(self, index: int) -> StoredObject:
         entry = self.fot_entry(index)  # raises BadFotIndex for a bad index

@@ -2,15 +2,45 @@
 
 Each node binds one ROUTER socket for requests from peers and keeps one DEALER
 socket per peer it talks to. A request carries a request ID in its envelope; the
-DEALER's reader task completes the matching future when the reply comes back, so
-any number of requests to one peer can be in flight at once.
+reply completes the future registered under that ID, so any number of requests
+to one peer can be in flight at once.
+
+Theory of operation
+-------------------
+The sockets are plain (blocking-API) zmq sockets driven straight from the event
+loop; zmq.asyncio costs several times the round trip itself in enum arithmetic,
+extra polling and loop iterations. Each socket's ``ZMQ_FD`` is registered with
+``loop.add_reader``. That descriptor is *edge*-triggered and only says "the
+socket's state may have changed", so:
+
+- a readiness callback drains the socket while ``ZMQ_EVENTS`` has ``POLLIN``
+  (and hands the rest of a long burst to ``call_soon``, as the descriptor will
+  not fire again for messages already queued);
+- every send processes zmq's pending commands and can swallow the edge of a
+  message that has just arrived, so ``ZMQ_EVENTS`` is checked again after each
+  send and a missed message is drained then (the gotcha documented under ZMQ_FD
+  in zmq_getsockopt(3)).
+
+Sends are ``NOBLOCK``. Only a DEALER that has no live connection (IMMEDIATE) or
+a full queue refuses one (``zmq.Again``); the request then waits for
+``POLLOUT``, woken by the readiness callback and, in case an edge is missed, by
+a backoff timer, never past its deadline. A ROUTER never refuses: it drops
+replies for peers that have gone.
+
+Each request has one ``call_later`` timer for its deadline. A peer's handler is
+started at once from the readiness callback and most finish without suspending,
+so their replies go out in the same loop iteration; a handler that does suspend
+is finished in a Task (``_Resume``). That first step runs outside any Task, as
+under 3.12's eager tasks: a handler must not call ``asyncio.timeout()`` or
+``asyncio.current_task()`` before its first ``await``.
 
 Failure handling:
 - DEALERs are IMMEDIATE: nothing is queued for a peer with no live connection,
   so a request to a dead peer fails within the timeout instead of waiting to be
   delivered whenever the peer returns.
 - On a timeout the DEALER is closed (linger 0), dropping anything still queued;
-  the next request opens a fresh one.
+  the next request opens a fresh one. The other requests on that DEALER fail
+  with ``PeerUnavailable``, never with a ``CancelledError``.
 - Malformed frames get an ``ErrorReply`` when their envelope can be read and are
   dropped otherwise; the receive loop never dies of bad input.
 """
@@ -18,18 +48,18 @@ Failure handling:
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import contextvars
 import itertools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine, Generator
 from typing import Any
 
 import zmq
-import zmq.asyncio
 
 from dtwz.errors import DtwzError, PeerUnavailable, ProtocolError
 from dtwz.node.protocol import (
     ErrorReply,
+    Frame,
     Message,
     decode,
     decode_envelope,
@@ -43,49 +73,183 @@ log = logging.getLogger(__name__)
 Handler = Callable[[Message], Awaitable[Message]]
 MAX_MESSAGE_BYTES = 256 << 20
 _ZERO_COPY_FROM = 64 << 10  # below this, copying a frame is cheaper than tracking it
+_BATCH = 64  # messages handled per readiness callback before other work gets a turn
+_RETRY_FIRST, _RETRY_MAX = 0.002, 0.05  # seconds: re-check POLLOUT if no edge came
+
+# plain ints: the zmq constants are enums, and enum arithmetic dominated the old profile
+_EVENTS, _POLLIN, _POLLOUT = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.POLLOUT)
+_NOBLOCK, _MORE = int(zmq.NOBLOCK), int(zmq.NOBLOCK | zmq.SNDMORE)
+
+
+def _events(sock: zmq.Socket[Any]) -> int:
+    """``ZMQ_EVENTS``; reading it also processes zmq's pending commands."""
+    return sock.get(_EVENTS)  # type: ignore[return-value]
+
+
+def _recv(sock: zmq.Socket[Any]) -> list[zmq.Frame]:
+    """One whole message (the caller has seen POLLIN: its parts are all there)."""
+    frame = sock.recv(_NOBLOCK, copy=False)
+    parts = [frame]
+    while frame.more:
+        frame = sock.recv(_NOBLOCK, copy=False)
+        parts.append(frame)
+    return parts
+
+
+def _send(sock: zmq.Socket[Any], frames: list[Frame]) -> int:
+    """Queue a message; its size in bytes. ``zmq.Again`` means nothing was queued:
+    zmq refuses the first part or none (later parts follow the first's pipe)."""
+    size, last = 0, len(frames) - 1
+    for i, frame in enumerate(frames):
+        n = len(frame)
+        size += n
+        sock.send(frame, _NOBLOCK if i == last else _MORE, copy=n < _ZERO_COPY_FROM)
+    return size
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 class _Connection:
-    def __init__(self, ctx: zmq.asyncio.Context, addr: str) -> None:
+    """The DEALER to one peer and the requests waiting for its replies."""
+
+    def __init__(self, ctx: zmq.Context[Any], addr: str) -> None:
         self.addr = addr
+        self.loop = asyncio.get_running_loop()
         self.socket = ctx.socket(zmq.DEALER)
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.setsockopt(zmq.IMMEDIATE, 1)
         self.socket.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
         self.socket.connect(addr)
         self.pending: dict[int, asyncio.Future[Message]] = {}
-        self.reader = asyncio.get_running_loop().create_task(self._read())
+        self.writers: list[asyncio.Future[None]] = []  # requests waiting for POLLOUT
+        self.closed = False
+        self._fd = self.socket.fileno()  # ZMQ_FD
+        self.loop.add_reader(self._fd, self.on_events)
 
-    async def _read(self) -> None:
-        while True:
-            try:
-                frames = await self.socket.recv_multipart(copy=False)
-            except (zmq.ZMQError, asyncio.CancelledError):
+    def on_events(self) -> None:
+        """Readiness callback: deliver every reply queued, wake writers if writable."""
+        if self.closed:
+            return
+        sock = self.socket
+        for _ in range(_BATCH):
+            events = _events(sock)
+            if not events & _POLLIN:
+                break
+            self._deliver(_recv(sock))
+        else:
+            self.loop.call_soon(self.on_events)
+            return
+        if self.writers and events & _POLLOUT:
+            self.wake_writers()
+
+    def _deliver(self, frames: list[zmq.Frame]) -> None:
+        buffers = [f.buffer for f in frames]
+        try:
+            message, request_id, _ = decode(buffers)
+        except ProtocolError as exc:
+            log.warning("malformed reply from %s: %s", self.addr, exc)
+            try:  # fail the request it answers now rather than at its timeout
+                _, request_id, _ = decode_envelope(buffers[0])
+            except ProtocolError:
                 return
-            buffers = [f.buffer for f in frames]
-            try:
-                message, request_id, _ = decode(buffers)
-            except ProtocolError as exc:
-                log.warning("malformed reply from %s: %s", self.addr, exc)
-                try:  # fail the request it answers now rather than at its timeout
-                    _, request_id, _ = decode_envelope(buffers[0])
-                except ProtocolError:
-                    continue
-                future = self.pending.pop(request_id, None)
-                if future is not None and not future.done():
-                    future.set_exception(exc)
-                continue
-            future = self.pending.pop(request_id, None)
+            future = self.pending.get(request_id)
             if future is not None and not future.done():
-                future.set_result(message)
+                future.set_exception(exc)
+            return
+        future = self.pending.get(request_id)
+        if future is not None and not future.done():
+            future.set_result(message)
+
+    def send(self, frames: list[Frame]) -> int:
+        """Queue a request; its size, or -1 if the DEALER cannot take it now."""
+        if self.closed:
+            raise PeerUnavailable(f"{self.addr}: connection closed")
+        try:
+            size = _send(self.socket, frames)
+        except zmq.Again:
+            return -1
+        except zmq.ZMQError as exc:
+            raise PeerUnavailable(f"{self.addr}: {exc}") from exc
+        if _events(self.socket) & _POLLIN:  # the send may have swallowed a reply's edge
+            self.on_events()
+        return size
+
+    async def send_when_writable(self, frames: list[Frame], future: asyncio.Future[Any]) -> int:
+        """Retry ``send`` on each POLLOUT until it is taken (its size) or ``future``
+        is done, i.e. the request timed out or the connection closed (-1)."""
+        delay = _RETRY_FIRST
+        while not future.done():
+            waiter = self.loop.create_future()
+            self.writers.append(waiter)
+            retry = self.loop.call_later(delay, _wake, waiter)
+            try:
+                await waiter
+            finally:
+                retry.cancel()
+            if future.done():
+                break
+            size = self.send(frames)
+            if size >= 0:
+                return size
+            delay = min(delay * 2, _RETRY_MAX)
+        return -1
+
+    def wake_writers(self) -> None:
+        writers, self.writers = self.writers, []
+        for waiter in writers:
+            _wake(waiter)
+
+    def expire(self, future: asyncio.Future[Message]) -> None:
+        """A request's deadline passed."""
+        if not future.done():
+            future.set_exception(TimeoutError())
+            self.wake_writers()  # it may be one of them
 
     def close(self, reason: str) -> None:
-        self.reader.cancel()
+        if self.closed:
+            return
+        self.closed = True
+        self.loop.remove_reader(self._fd)
         self.socket.close(linger=0)
         for future in self.pending.values():
             if not future.done():
                 future.set_exception(PeerUnavailable(f"{self.addr}: {reason}"))
         self.pending.clear()
+        self.wake_writers()
+
+
+class _Resume:
+    """Awaiting this finishes a coroutine that has already run its first step (and
+    suspended, yielding ``yielded``) outside any Task: PEP 380's ``yield from``,
+    minus the first ``send``, so the Task sees exactly what the coroutine yields."""
+
+    __slots__ = ("coro", "yielded")
+
+    def __init__(self, coro: Coroutine[Any, Any, Message], yielded: Any) -> None:
+        self.coro = coro
+        self.yielded = yielded
+
+    def __await__(self) -> Generator[Any, Any, Message]:
+        coro, yielded = self.coro, self.yielded
+        while True:
+            try:
+                sent = yield yielded
+            except GeneratorExit:
+                coro.close()
+                raise
+            except BaseException as exc:  # CancelledError included: the coroutine decides
+                try:
+                    yielded = coro.throw(exc)
+                except StopIteration as stop:
+                    return stop.value  # type: ignore[no-any-return]
+            else:
+                try:
+                    yielded = coro.send(sent)
+                except StopIteration as stop:
+                    return stop.value  # type: ignore[no-any-return]
 
 
 class PeerEndpoint:
@@ -93,11 +257,15 @@ class PeerEndpoint:
         self.bind_addr = bind_addr
         self.timeout = timeout
         self._handler = handler
-        self._ctx = zmq.asyncio.Context()
-        self._router: zmq.asyncio.Socket | None = None
+        self._ctx: zmq.Context[Any] = zmq.Context()
+        self._router: zmq.Socket[Any] | None = None
+        self._router_fd = -1
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._draining = False
         self._connections: dict[str, _Connection] = {}
         self._ids = itertools.count(1)
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()  # handlers that suspended
+        self._closed = False
         self.stats = {"requests_in": 0, "requests_out": 0, "bytes_in": 0, "bytes_out": 0,
                       "malformed": 0, "timeouts": 0}  # fmt: skip
 
@@ -111,40 +279,50 @@ class PeerEndpoint:
         endpoint = router.getsockopt(zmq.LAST_ENDPOINT)
         self.bind_addr = endpoint.decode() if isinstance(endpoint, bytes) else str(endpoint)
         self._router = router
-        self._spawn(self._serve())
+        self._loop = asyncio.get_running_loop()
+        self._router_fd = router.fileno()  # ZMQ_FD
+        self._loop.add_reader(self._router_fd, self._on_requests)
         return self.bind_addr
 
     async def close(self) -> None:
+        self._closed = True
         for task in list(self._tasks):
             task.cancel()
         for conn in self._connections.values():
             conn.close("endpoint closed")
         self._connections.clear()
         if self._router is not None:
+            if self._loop is not None:
+                self._loop.remove_reader(self._router_fd)
             self._router.close(linger=0)
+            self._router = None
         self._ctx.term()
-
-    def _spawn(self, coro: Awaitable[Any]) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     # -- serving ---------------------------------------------------------------
 
-    async def _serve(self) -> None:
-        assert self._router is not None
-        while True:
-            try:
-                frames = await self._router.recv_multipart(copy=False)
-            except zmq.ZMQError as exc:
-                log.info("peer endpoint stopped: %s", exc)
-                return
-            identity, body = frames[0].bytes, [f.buffer for f in frames[1:]]
-            self.stats["requests_in"] += 1
-            self.stats["bytes_in"] += sum(len(b) for b in body)
-            self._spawn(self._answer(identity, body))
+    def _on_requests(self) -> None:
+        """Readiness callback of the ROUTER: answer every request queued."""
+        router, loop = self._router, self._loop
+        if router is None or loop is None or self._draining:
+            return
+        self._draining = True
+        try:
+            for _ in range(_BATCH):
+                if not _events(router) & _POLLIN:
+                    return
+                frames = _recv(router)
+                self._on_request(frames[0].bytes, [f.buffer for f in frames[1:]])
+                if self._router is not router:  # a handler closed the endpoint
+                    return
+            loop.call_soon(self._on_requests)
+        except zmq.ZMQError as exc:
+            log.info("peer endpoint stopped: %s", exc)
+        finally:
+            self._draining = False
 
-    async def _answer(self, identity: bytes, frames: list[memoryview]) -> None:
+    def _on_request(self, identity: bytes, frames: list[memoryview]) -> None:
+        self.stats["requests_in"] += 1
+        self.stats["bytes_in"] += sum(len(b) for b in frames)
         try:
             message, request_id, is_reply = decode(frames)
             if is_reply:
@@ -156,71 +334,101 @@ class PeerEndpoint:
             except ProtocolError:
                 log.warning("dropping malformed peer frames: %s", exc)
                 return
-            await self._reply(identity, error_reply(exc), request_id)
+            self._reply(identity, error_reply(exc), request_id)
             return
+        # the handler's first step runs now, in a context of its own as a Task's would
+        context = contextvars.copy_context()
         try:
-            reply = await self._handler(message)
-        except DtwzError as exc:
-            reply = error_reply(exc)
-        except Exception as exc:  # a bug must not take the node down: report it
-            log.exception("handler for %s failed", type(message).__name__)
-            reply = error_reply(DtwzError(f"internal error: {exc!r}"))
-        await self._reply(identity, reply, request_id)
+            aw = context.run(self._handler, message)
+            if isinstance(aw, Coroutine):
+                yielded = context.run(aw.send, None)
+                aw = _Resume(aw, yielded)  # it suspended: a Task finishes it
+        except StopIteration as done:
+            reply = done.value
+        except Exception as exc:
+            reply = self._failure(message, exc)
+        except asyncio.CancelledError:
+            reply = error_reply(DtwzError("the request was cancelled"))
+        else:
+            self._spawn(self._finish(aw, identity, request_id), context)
+            return
+        self._reply(identity, reply, request_id)
 
-    async def _reply(self, identity: bytes, reply: Message, request_id: int) -> None:
-        assert self._router is not None
+    async def _finish(self, aw: Awaitable[Message], identity: bytes, request_id: int) -> None:
+        try:
+            reply = await aw
+        except Exception as exc:
+            reply = self._failure(None, exc)
+        self._reply(identity, reply, request_id)
+
+    @staticmethod
+    def _failure(message: Message | None, exc: Exception) -> Message:
+        if isinstance(exc, DtwzError):
+            return error_reply(exc)
+        # a bug must not take the node down: report it
+        name = type(message).__name__ if message is not None else "a request"
+        log.error("handler for %s failed", name, exc_info=exc)
+        return error_reply(DtwzError(f"internal error: {exc!r}"))
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], context: contextvars.Context) -> None:
+        assert self._loop is not None
+        task = self._loop.create_task(coro, context=context)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _reply(self, identity: bytes, reply: Message, request_id: int) -> None:
+        router = self._router
+        if router is None:
+            return
         try:
             frames = encode(reply, request_id, reply=True)
         except Exception as exc:  # a handler bug: the caller must not wait for its timeout
             log.exception("reply %s could not be encoded", type(reply).__name__)
             error = ProtocolError(f"the reply could not be encoded: {exc!r}")
             frames = encode(error_reply(error), request_id, reply=True)
-        self.stats["bytes_out"] += sum(len(f) for f in frames)
-        big = any(len(f) >= _ZERO_COPY_FROM for f in frames)
-        with contextlib.suppress(zmq.ZMQError):  # the requester may be gone
-            await self._router.send_multipart([identity, *frames], copy=not big)
+        try:  # a ROUTER drops what it cannot route: a requester that has gone
+            self.stats["bytes_out"] += _send(router, [identity, *frames]) - len(identity)
+            if not self._draining and _events(router) & _POLLIN:
+                assert self._loop is not None  # the send may have swallowed a request's edge
+                self._loop.call_soon(self._on_requests)
+        except zmq.ZMQError as exc:
+            log.debug("reply to a peer not sent: %s", exc)
 
     # -- requesting ------------------------------------------------------------
 
     async def request(self, addr: str, message: Message, timeout: float | None = None) -> Message:
         """Send ``message`` to the peer at ``addr``; its reply (errors are raised)."""
         timeout = self.timeout if timeout is None else timeout
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
         conn = self._connections.get(addr)
         if conn is None:
+            if self._closed:
+                raise PeerUnavailable(f"{addr}: this endpoint is closed")
             conn = self._connections[addr] = _Connection(self._ctx, addr)
         request_id = next(self._ids)
         frames = encode(message, request_id)
+        loop = conn.loop
         future: asyncio.Future[Message] = loop.create_future()
         conn.pending[request_id] = future
         self.stats["requests_out"] += 1
+        timer = loop.call_later(max(0.0, timeout), conn.expire, future)
+        sent = -1
         try:
-            big = any(len(f) >= _ZERO_COPY_FROM for f in frames)
-            while True:
-                try:
-                    await conn.socket.send_multipart(frames, flags=zmq.NOBLOCK, copy=not big)
-                    break
-                except zmq.Again:  # no live connection (yet): wait for one, bounded
-                    remaining = deadline - loop.time()
-                    wait_ms = int(remaining * 1000) + 1
-                    # the stubs lag the runtime signature poll(timeout, flags)
-                    ready = await conn.socket.poll(wait_ms, zmq.POLLOUT)  # type: ignore[call-arg]
-                    if remaining <= 0 or not ready:
-                        raise PeerUnavailable(f"no connection to {addr}") from None
-            self.stats["bytes_out"] += sum(len(f) for f in frames)
-            reply = await asyncio.wait_for(future, max(0.0, deadline - loop.time()))
+            sent = conn.send(frames)
+            if sent < 0:  # no live connection (yet) or a full queue: wait, bounded
+                sent = await conn.send_when_writable(frames, future)
+            if sent >= 0:
+                self.stats["bytes_out"] += sent
+            reply = await future
         except (TimeoutError, PeerUnavailable) as exc:
             self.stats["timeouts"] += 1
-            self._drop(addr, conn)
-            raise PeerUnavailable(f"{addr} did not answer within {timeout:g}s") from exc
-        except (asyncio.CancelledError, zmq.ZMQError) as exc:
-            task = asyncio.current_task()
-            if not conn.socket.closed or (task is not None and task.cancelling()):
+            self._drop(addr, conn, "timed out")
+            if not isinstance(exc, TimeoutError):
                 raise
-            # another request's timeout closed the shared connection under this one
-            raise PeerUnavailable(f"{addr}: connection closed while waiting") from exc
+            if sent < 0:
+                raise PeerUnavailable(f"no connection to {addr} within {timeout:g}s") from None
+            raise PeerUnavailable(f"{addr} did not answer within {timeout:g}s") from None
         finally:
+            timer.cancel()
             conn.pending.pop(request_id, None)
             if future.done() and not future.cancelled():
                 future.exception()  # retrieved: a closing connection may have failed it
@@ -228,10 +436,10 @@ class PeerEndpoint:
             raise_error(reply)
         return reply
 
-    def _drop(self, addr: str, conn: _Connection) -> None:
+    def _drop(self, addr: str, conn: _Connection, reason: str) -> None:
         if self._connections.get(addr) is conn:
             del self._connections[addr]
-        conn.close("timed out")
+        conn.close(reason)
 
     def forget(self, addr: str) -> None:
         """Close the connection to a peer declared dead."""

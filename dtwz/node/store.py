@@ -417,7 +417,7 @@ class Store:
         with self._mappings_guard:
             gone = self._mappings.pop(oid, None)
         if gone is not None:
-            gone.deleted = True  # pointers that cached it must look it up again
+            gone.mark_deleted()  # pointers that cached it must look it up again
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.object_path(oid))
 

@@ -107,10 +107,22 @@ class Transaction:
         flags: int = 0,
         default_prot: int = Protection.READ | Protection.WRITE,
         kuid: ObjectId = ZERO_ID,
+        nonce: bytes | None = None,
     ) -> ObjectId:
-        """A new, empty object; it exists for others once this transaction commits."""
+        """A new, empty object; it exists for others once this transaction commits.
+
+        ``nonce`` (16 bytes) fixes the ID instead of a random nonce, for objects every
+        node must be able to name in advance (the root directory). Such an object
+        must not exist yet: the caller serialises creations of one fixed ID.
+        """
         self._check_open()
-        header = new_header(new_nonce(), kuid, flags, default_prot, max_size)
+        if nonce is not None and len(nonce) != 16:
+            raise InvalidArgument(f"a nonce is 16 bytes, got {len(nonce)}")
+        header = new_header(nonce or new_nonce(), kuid, flags, default_prot, max_size)
+        if nonce is not None and (
+            header.object_id in self._pending or self._store.exists(header.object_id)
+        ):
+            raise InvalidArgument(f"object {header.object_id.hex()} exists already")
         self._pending[header.object_id] = _Pending(header, None, None)
         return header.object_id
 
