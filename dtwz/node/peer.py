@@ -28,11 +28,12 @@ a backoff timer, never past its deadline. A ROUTER never refuses: it drops
 replies for peers that have gone.
 
 Each request has one ``call_later`` timer for its deadline. A peer's handler is
-started at once from the readiness callback and most finish without suspending,
-so their replies go out in the same loop iteration; a handler that does suspend
-is finished in a Task (``_Resume``). That first step runs outside any Task, as
-under 3.12's eager tasks: a handler must not call ``asyncio.timeout()`` or
-``asyncio.current_task()`` before its first ``await``.
+started at once from the readiness callback, in a context of its own, and most
+finish without suspending, so their replies go out in the same loop iteration
+with no Task at all; a handler that does suspend is finished in a Task
+(``_Resume``). Until it first suspends, a handler runs outside any Task (unlike
+under 3.12's eager tasks): ``asyncio.current_task()`` is None there, so it must
+not enter ``asyncio.timeout()`` before its first real wait.
 
 Failure handling:
 - DEALERs are IMMEDIATE: nothing is queued for a peer with no live connection,
@@ -118,11 +119,18 @@ class _Connection:
     def __init__(self, ctx: zmq.Context[Any], addr: str) -> None:
         self.addr = addr
         self.loop = asyncio.get_running_loop()
-        self.socket = ctx.socket(zmq.DEALER)
-        self.socket.setsockopt(zmq.LINGER, 0)
-        self.socket.setsockopt(zmq.IMMEDIATE, 1)
-        self.socket.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
-        self.socket.connect(addr)
+        try:
+            self.socket = ctx.socket(zmq.DEALER)
+        except zmq.ZMQError as exc:  # the context is closing
+            raise PeerUnavailable(f"{addr}: {exc}") from exc
+        try:
+            self.socket.setsockopt(zmq.LINGER, 0)
+            self.socket.setsockopt(zmq.IMMEDIATE, 1)
+            self.socket.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
+            self.socket.connect(addr)
+        except zmq.ZMQError as exc:  # e.g. a malformed address from gossip
+            self.socket.close(linger=0)  # an open socket would block the context's term
+            raise PeerUnavailable(f"cannot connect to {addr}: {exc}") from exc
         self.pending: dict[int, asyncio.Future[Message]] = {}
         self.writers: list[asyncio.Future[None]] = []  # requests waiting for POLLOUT
         self.closed = False
@@ -138,7 +146,11 @@ class _Connection:
             events = _events(sock)
             if not events & _POLLIN:
                 break
-            self._deliver(_recv(sock))
+            frames = _recv(sock)
+            try:
+                self._deliver(frames)
+            except Exception:  # a bug here must not stop this connection's replies
+                log.exception("reply from %s not delivered", self.addr)
         else:
             self.loop.call_soon(self.on_events)
             return
@@ -296,7 +308,7 @@ class PeerEndpoint:
                 self._loop.remove_reader(self._router_fd)
             self._router.close(linger=0)
             self._router = None
-        self._ctx.term()
+        self._ctx.destroy(linger=0)  # closes anything left open, so term never blocks
 
     # -- serving ---------------------------------------------------------------
 
@@ -311,7 +323,10 @@ class PeerEndpoint:
                 if not _events(router) & _POLLIN:
                     return
                 frames = _recv(router)
-                self._on_request(frames[0].bytes, [f.buffer for f in frames[1:]])
+                try:
+                    self._on_request(frames[0].bytes, [f.buffer for f in frames[1:]])
+                except Exception:  # a bug here must not stop the endpoint serving
+                    log.exception("peer request not handled")
                 if self._router is not router:  # a handler closed the endpoint
                     return
             loop.call_soon(self._on_requests)
@@ -359,6 +374,11 @@ class PeerEndpoint:
             reply = await aw
         except Exception as exc:
             reply = self._failure(None, exc)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():  # the endpoint is closing
+                raise
+            reply = error_reply(DtwzError("the request was cancelled"))
         self._reply(identity, reply, request_id)
 
     @staticmethod

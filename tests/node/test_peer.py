@@ -9,6 +9,7 @@ endpoint from serving the next request. Every wait is bounded.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import hashlib
 import random
 import socket
@@ -403,3 +404,108 @@ async def test_close_is_safe_with_requests_in_flight(endpoint: Factory) -> None:
     await bounded(client.close())
     with pytest.raises(PeerUnavailable):
         await bounded(in_flight, 5.0)
+
+
+async def test_a_request_waits_for_a_peer_that_is_starting(endpoint: Factory) -> None:
+    """No connection yet: the request waits for one (bounded), it does not fail at once."""
+    client, _ = await endpoint(timeout=5.0)
+    addr = f"tcp://127.0.0.1:{free_port()}"
+    waiting = asyncio.ensure_future(client.request(addr, Ping("1")))
+    await asyncio.sleep(0.3)
+    assert not waiting.done()
+    late = PeerEndpoint(addr, handler, timeout=5.0)
+    try:
+        await late.start()
+        assert await bounded(waiting, 5.0) == Ack(1)
+    finally:
+        waiting.cancel()
+        await late.close()
+
+
+async def test_one_timeout_fails_the_others_on_that_connection_as_peer_unavailable(
+    endpoint: Factory,
+) -> None:
+    """Dropping a timed-out DEALER fails its other requests at once, never with a
+    CancelledError: both those waiting for a reply and those waiting to be sent."""
+    _, server_addr = await endpoint()
+    client, _ = await endpoint(timeout=10.0)
+    nobody = f"tcp://127.0.0.1:{free_port()}"
+    for addr in (server_addr, nobody):
+        others = [asyncio.ensure_future(client.request(addr, Ping("slow"))) for _ in range(5)]
+        await asyncio.sleep(0.05)
+        with pytest.raises(PeerUnavailable):
+            await bounded(client.request(addr, Ping("slow"), timeout=0.3), 5.0)
+        results = await bounded(asyncio.gather(*others, return_exceptions=True), 5.0)
+        assert all(type(r) is PeerUnavailable for r in results), (addr, results)
+    assert await bounded(client.request(server_addr, Ping("2"), timeout=5.0)) == Ack(2)
+
+
+async def test_requests_both_ways_at_once_all_meet_their_replies(endpoint: Factory) -> None:
+    """Each endpoint sends and serves on one loop at once, the ground on which a
+    readiness edge swallowed by a send would show up as a stalled request."""
+    a, a_addr = await endpoint(timeout=5.0)
+    b, b_addr = await endpoint(timeout=5.0)
+
+    async def one(src: PeerEndpoint, dst: str, n: int) -> None:
+        if n % 2:  # answered after a sleep (the handler suspends)
+            assert await src.request(dst, Ping(str(n))) == Ack(n)
+        else:  # answered at once (the handler never suspends)
+            reply = await src.request(dst, Fetch(OID, 0, n, False, False, "c"))
+            assert isinstance(reply, ObjectData) and bytes(reply.data) == _pattern(n)
+
+    for _ in range(3):
+        await bounded(
+            asyncio.gather(
+                *(one(a, b_addr, n) for n in range(300)), *(one(b, a_addr, n) for n in range(300))
+            )
+        )
+    assert a.stats["timeouts"] == b.stats["timeouts"] == 0
+    assert a.stats["requests_in"] == b.stats["requests_in"] == 900
+
+
+request_tag: contextvars.ContextVar[str] = contextvars.ContextVar("request_tag", default="")
+
+
+async def test_each_request_is_handled_in_a_context_of_its_own(endpoint: Factory) -> None:
+    """Handlers start outside a Task; a context variable set by one request must not
+    be seen by the next, whether the handler suspends or not."""
+
+    async def tagging(m: Message) -> Message:
+        assert isinstance(m, Ping)
+        seen = request_tag.get()
+        request_tag.set(m.sender)
+        if m.sender.startswith("suspend"):
+            await asyncio.sleep(0)
+        return Ping(seen)
+
+    _, server_addr = await endpoint(tagging)
+    client, _ = await endpoint()
+    for sender in ("one", "suspend two", "three", "suspend four"):
+        assert await bounded(client.request(server_addr, Ping(sender))) == Ping("")
+
+
+async def test_a_malformed_address_raises_peer_unavailable(endpoint: Factory) -> None:
+    client, _ = await endpoint()
+    with pytest.raises(PeerUnavailable):
+        await bounded(client.request("not an address", Ping("1")))
+    await bounded(client.close())  # nothing left open that would block it
+
+
+@pytest.mark.parametrize("suspend_first", [False, True], ids=["at once", "after a wait"])
+async def test_a_handler_cancelled_from_inside_answers_with_an_error(
+    endpoint: Factory, suspend_first: bool
+) -> None:
+    """A handler that awaits something cancelled (not the endpoint closing) still
+    answers, so its caller does not wait for the timeout."""
+
+    async def cancelled(m: Message) -> Message:
+        if suspend_first:
+            await asyncio.sleep(0.01)
+        doomed = asyncio.get_running_loop().create_future()
+        doomed.cancel()
+        return await doomed  # type: ignore[no-any-return]
+
+    _, server_addr = await endpoint(cancelled)
+    client, _ = await endpoint(timeout=10.0)
+    with pytest.raises(DtwzError, match="cancelled"):
+        await bounded(client.request(server_addr, Ping("1")), 5.0)
