@@ -30,6 +30,7 @@ test: $(STAMP) lint
 bench: $(STAMP)
 	$(BIN)/python -m bench.bench_store
 	$(BIN)/python -m bench.bench_cluster
+	$(BIN)/python -m bench.bench_names
 
 clean:
 	rm -rf $(VENV) build *.egg-info

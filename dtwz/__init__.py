@@ -4,6 +4,7 @@ The names below are the public API; ``tests/test_public_api.py`` keeps the list
 honest.
 """
 
+from dtwz.cluster import connect
 from dtwz.errors import DtwzError
 from dtwz.ids import ZERO_ID, ObjectId, derive_object_id
 from dtwz.layout import FotEntry, FotFlags, ObjectFlags, ObjectHeader, Protection
@@ -39,6 +40,7 @@ __all__ = [
     "Store",
     "StoredObject",
     "Transaction",
+    "connect",
     "derive_object_id",
     "make_pointer",
     "split_pointer",

@@ -8,7 +8,12 @@
   (``dtwz.cluster``).
 - ``dtwz remote --node URL ...``: object commands against any node of a running
   cluster (``dtwz.client``): ``create``, ``put``, ``get``, ``show``, ``link``,
-  ``deref``, ``locate``, ``status``. ``--node`` defaults to ``DTWZ_NODE``.
+  ``deref``, ``locate``, ``status``; every one takes an object ID or a name of the
+  namespace (``/kvs/index``). The namespace commands (``resolve``, ``ls``,
+  ``mkdir``, ``bind``, ``ln``, ``mv``, ``rm``) live in ``dtwz.cli_names``.
+  ``--node`` defaults to ``DTWZ_NODE``, else to a node of the local cluster in
+  ``DTWZ_CLUSTER`` or ./data/cluster when there is one (``dtwz.cluster.connect``),
+  else to http://127.0.0.1:7000 (``dtwz node run``'s default port).
 
 Why a ``remote`` group rather than a global ``--node`` switch on the local
 commands: half of the local commands have no remote meaning (``init``, ``ls``,
@@ -30,6 +35,7 @@ import asyncio
 import base64
 import dataclasses
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -42,7 +48,6 @@ from rich.table import Table
 from dtwz import cluster as local_cluster
 from dtwz.cli import (
     OFFSET,
-    OID,
     PROT,
     SIZE,
     CliConfig,
@@ -55,7 +60,7 @@ from dtwz.cli import (
     json_option,
     pass_config,
 )
-from dtwz.client import Client, Op
+from dtwz.client import Client, ObjectRef, Op
 from dtwz.cluster import NodeStatus
 from dtwz.errors import ClusterError, DtwzError
 from dtwz.ids import ObjectId
@@ -63,6 +68,7 @@ from dtwz.layout import DATA_START, FotFlags, ObjectFlags, Protection
 from dtwz.node.config import NodeConfig
 from dtwz.node.transaction import DEFAULT_OBJECT_SIZE
 from dtwz.pointers import PersistentPointer
+from dtwz.resolver.names import is_name, split_path
 
 log = logging.getLogger("dtwz.node")
 
@@ -86,6 +92,7 @@ _NODE_HELP = {
     "request_timeout": "Seconds a peer request may take.",
     "directory_copies": "Directory records kept per object.",
     "durable": "Make commits durable with fsync.",
+    "cluster_id": "The cluster's identity (every node the same): it fixes the root directory.",
 }
 
 
@@ -276,25 +283,55 @@ def _emit_status(
 # -- dtwz remote ...: object commands against a node ------------------------------------
 
 
+class ObjectRefParam(click.ParamType[ObjectRef]):
+    """An object ID (32 hex digits) or a name of the namespace (an absolute path)."""
+
+    name = "OID|NAME"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, ObjectId):
+            return value
+        text = str(value)
+        try:
+            if is_name(text):
+                split_path(text)
+                return text
+            return ObjectId.parse(text)
+        except DtwzError as exc:
+            self.fail(f"{exc} (an object is 32 hex digits or a name like /kvs/index)", param, ctx)
+
+
+REF = ObjectRefParam()
+
+
 @cli.group()
-@click.option("--node", "url", envvar="DTWZ_NODE", show_envvar=True, default=DEFAULT_NODE_URL,
-              show_default=True, help="URL of any node of the cluster.")  # fmt: skip
+@click.option("--node", "url", envvar="DTWZ_NODE", show_envvar=True, default=None,
+              help="URL of any node of the cluster.  [default: a node of the local cluster in "
+                   f"$DTWZ_CLUSTER or {DEFAULT_CLUSTER_DIR}, else {DEFAULT_NODE_URL}]")  # fmt: skip
 @click.option("--timeout", type=click.FloatRange(0.1), default=10.0, show_default=True,
               help="Seconds to wait for the node.")  # fmt: skip
 @click.pass_context
-def remote(ctx: click.Context, url: str, timeout: float) -> None:
-    """Objects of a running cluster, through any node."""
+def remote(ctx: click.Context, url: str | None, timeout: float) -> None:
+    """Objects and names of a running cluster, through any node.
+
+    Wherever an object is asked for, its ID or its name (/kvs/index) will do.
+    """
     ctx.obj = RemoteConfig(ctx.find_object(CliConfig) or CliConfig(Path("."), False), url, timeout)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class RemoteConfig:
     base: CliConfig
-    url: str
+    url: str | None
     timeout: float
 
     def client(self) -> Client:
-        return Client(self.url, timeout=self.timeout)
+        if self.url is not None:
+            return Client(self.url, timeout=self.timeout)
+        folder = Path(os.environ.get("DTWZ_CLUSTER", DEFAULT_CLUSTER_DIR))
+        if (folder / local_cluster.CLUSTER_FILE).exists():  # `dtwz cluster up` ran here
+            return local_cluster.connect(timeout=self.timeout)
+        return Client(DEFAULT_NODE_URL, timeout=self.timeout)
 
     def emit(self, as_json: bool, doc: dict[str, Any], text: str) -> None:
         self.base.emit(as_json, doc, text)
@@ -343,7 +380,7 @@ def remote_create(
 
 
 @remote.command("put")
-@click.argument("oid", type=OID)
+@click.argument("oid", type=REF)
 @click.argument("text", metavar="[DATA]", required=False)
 @click.option("--file", type=click.File("rb"), help="Read the data from a file ('-' for stdin).")
 @click.option("--offset", type=OFFSET, help="Write here instead of appending.")
@@ -351,7 +388,7 @@ def remote_create(
 @pass_remote
 def remote_put(
     rc: RemoteConfig,
-    oid: ObjectId,
+    oid: ObjectRef,
     text: str | None,
     file: BinaryIO | None,
     offset: int | None,
@@ -364,6 +401,7 @@ def remote_put(
     if offset is not None and offset < DATA_START:
         raise click.BadParameter(f"{offset:#x} is in the header page", param_hint="'--offset'")
     with rc.client() as client:
+        oid = client.resolve(oid)
         if offset is None:
             result = client.transact([Op.append(oid, data)])
             offset, version = result.results[0], result.versions.get(oid, 0)
@@ -374,7 +412,7 @@ def remote_put(
 
 
 @remote.command("get")
-@click.argument("oid", type=OID)
+@click.argument("oid", type=REF)
 @click.option("--offset", type=OFFSET, default=DATA_START, help="Start here.  [default: 0x1000]")
 @click.option("--length", type=OFFSET, help="How many bytes  [default: up to the data end]")
 @click.option("--latest", is_flag=True, help="Make sure the copy read is the home's newest.")
@@ -385,7 +423,7 @@ def remote_put(
 @pass_remote
 def remote_get(
     rc: RemoteConfig,
-    oid: ObjectId,
+    oid: ObjectRef,
     offset: int,
     length: int | None,
     latest: bool,
@@ -395,6 +433,7 @@ def remote_get(
 ) -> None:
     """Read bytes of an object, wherever it lives, to stdout or a file."""
     with rc.client() as client:
+        oid = client.resolve(oid)
         data = client.read(oid, offset, length, latest=latest)
     doc: dict[str, Any] = {"object_id": str(oid), "offset": offset, "length": len(data)}
     if out is not None:
@@ -440,14 +479,14 @@ def _info_doc(info: dict[str, Any]) -> dict[str, Any]:
 
 
 @remote.command("show")
-@click.argument("oid", type=OID)
+@click.argument("oid", type=REF)
 @click.option("--latest", is_flag=True, help="Make sure the copy shown is the home's newest.")
 @json_option
 @pass_remote
-def remote_show(rc: RemoteConfig, oid: ObjectId, latest: bool, as_json: bool) -> None:
+def remote_show(rc: RemoteConfig, oid: ObjectRef, latest: bool, as_json: bool) -> None:
     """Show an object's header, home and FOT entries."""
     with rc.client() as client:
-        doc = _info_doc(client.info(oid, latest=latest))
+        doc = _info_doc(client.info(client.resolve(oid), latest=latest))
     lines = [
         f"object     {doc['object_id']}",
         f"home       {doc['home']}",
@@ -469,47 +508,62 @@ def remote_show(rc: RemoteConfig, oid: ObjectId, latest: bool, as_json: bool) ->
 
 
 @remote.command("link")
-@click.argument("source", type=OID)
-@click.argument("target", type=OID)
+@click.argument("source", type=REF)
+@click.argument("target", type=REF)
 @click.option("--at", type=OFFSET, help="Where in SOURCE to store the pointer  [default: append]")
 @click.option("--target-offset", type=OFFSET, default=DATA_START,
               help="Where in TARGET the pointer leads.  [default: 0x1000]")  # fmt: skip
+@click.option("--late", is_flag=True,
+              help="Late binding: store the name TARGET (an FOT name entry), resolved at "
+                   "every dereference, so rebinding the name redirects the pointer.")  # fmt: skip
 @json_option
 @pass_remote
 def remote_link(
     rc: RemoteConfig,
-    source: ObjectId,
-    target: ObjectId,
+    source: ObjectRef,
+    target: ObjectRef,
     at: int | None,
     target_offset: int,
+    late: bool,
     as_json: bool,
 ) -> None:
     """Store in SOURCE a persistent pointer to TARGET (any homes).
 
-    Without --at, 8 bytes are appended to SOURCE first (a separate transaction).
+    A name TARGET is resolved now, unless --late. Without --at, 8 bytes are
+    appended to SOURCE first (a separate transaction).
     """
     if at is not None and at < DATA_START:
         raise click.BadParameter(f"{at:#x} is in the header page", param_hint="'--at'")
+    if late and not (isinstance(target, str) and is_name(target)):
+        raise click.BadParameter("--late needs a name, not an ID", param_hint="'TARGET'")
     with rc.client() as client:
+        source = client.resolve(source)
         if at is None:
             at = client.append(source, bytes(8))
-        word = client.write_pointer(source, at, target, target_offset)
+        if late:
+            assert isinstance(target, str)
+            word = client.write_name_pointer(source, at, target, target_offset)
+        else:
+            target = client.resolve(target)
+            word = client.write_pointer(source, at, target, target_offset)
     pointer = PersistentPointer.decode(word)
     doc = {
         "object_id": str(source), "at": at, "pointer": str(pointer), "word": word,
         "fot_index": pointer.fot_index, "target": str(target), "offset": target_offset,
+        "late": late,
     }  # fmt: skip
     rc.emit(as_json, doc, f"{pointer}  (stored at {at:#x}; leads to {target}:{target_offset:#x})")
 
 
 @remote.command("deref")
-@click.argument("oid", type=OID)
+@click.argument("oid", type=REF)
 @click.option("--at", type=OFFSET, required=True, help="Where in OID the pointer is stored.")
 @json_option
 @pass_remote
-def remote_deref(rc: RemoteConfig, oid: ObjectId, at: int, as_json: bool) -> None:
+def remote_deref(rc: RemoteConfig, oid: ObjectRef, at: int, as_json: bool) -> None:
     """Follow the pointer stored in OID at --at, fetching objects as needed."""
     with rc.client() as client:
+        oid = client.resolve(oid)
         source = client.get(oid)
         word = source.read_u64(at)
         try:
@@ -524,13 +578,14 @@ def remote_deref(rc: RemoteConfig, oid: ObjectId, at: int, as_json: bool) -> Non
 
 
 @remote.command("locate")
-@click.argument("oid", type=OID)
+@click.argument("oid", type=REF)
 @click.option("--refresh", is_flag=True, help="Ask the directory, not the node's cache.")
 @json_option
 @pass_remote
-def remote_locate(rc: RemoteConfig, oid: ObjectId, refresh: bool, as_json: bool) -> None:
+def remote_locate(rc: RemoteConfig, oid: ObjectRef, refresh: bool, as_json: bool) -> None:
     """Show where an object lives: home, version, epoch (and copies, at the home)."""
     with rc.client() as client:
+        oid = client.resolve(oid)
         where = client.locate(oid, refresh=refresh)
     doc = {"object_id": str(oid), "home": where.home, "version": where.version,
            "epoch": where.epoch, "copies": list(where.copies)}  # fmt: skip
@@ -549,6 +604,7 @@ def remote_status(rc: RemoteConfig, as_json: bool) -> None:
     """
     with rc.client() as client:
         seen = client.cluster_status()
+        asked = client.url
     members = {str(m["node_id"]): str(m["http"]) for m in seen.get("members", [])}
     states = {str(m["node_id"]): str(m["state"]) for m in seen.get("members", [])}
     live = {i: url for i, url in members.items() if states[i] in ("alive", "suspect")}
@@ -556,4 +612,7 @@ def remote_status(rc: RemoteConfig, as_json: bool) -> None:
     for node_id in sorted(set(members) - set(live)):
         rows.append(NodeStatus(node_id, members[node_id], error=f"member {states[node_id]}"))
     rows.sort(key=lambda r: r.node_id)
-    _emit_status(rc.base, as_json, rows, {"asked": rc.url, "node_id": seen.get("node_id")})
+    _emit_status(rc.base, as_json, rows, {"asked": asked, "node_id": seen.get("node_id")})
+
+
+import dtwz.cli_names  # noqa: E402, F401  (registers the namespace commands on `remote`)

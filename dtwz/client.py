@@ -21,16 +21,23 @@ copies, so ``obj.follow(word)`` and the Pointer fields of ``view`` fetch targets
 on demand. Cached copies are never updated behind the caller's back: they are
 snapshots until ``refresh``, ``latest=True`` or a write through this client,
 which drops the copies older than the version it committed.
+
+Names: wherever an object ID is taken, a name of the namespace (``/kvs/index``) is
+taken too. The node resolves it from its name cache, which the directories' homes
+keep honest by invalidating copies, so the client keeps no name cache of its own.
+Late-bound pointers (FOT name entries) in copies resolve so, at every dereference.
+``dtwz.connect()`` (``dtwz.cluster.connect``) finds a node by itself.
 """
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import http.client
 import json
 import os
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import urlencode, urlsplit
@@ -41,20 +48,31 @@ from dtwz.errors import (
     CorruptObject,
     DtwzError,
     InvalidArgument,
+    NamespaceError,
     PeerUnavailable,
     TransactionConflict,
+    UnresolvedName,
 )
 from dtwz.ids import ObjectId
 from dtwz.layout import DATA_START, HEADER_RECORD_SIZE, ObjectHeader
 from dtwz.node.copies import CopyCache
 from dtwz.node.objects import NameResolver, StoredObject
 from dtwz.node.transaction import DEFAULT_OBJECT_SIZE
+from dtwz.resolver.names import is_name, split_path
 from dtwz.views import Layout
 
-__all__ = ["Client", "ObjectLocation", "Op", "TransactResult"]
+__all__ = [
+    "Binding",
+    "Client",
+    "ObjectLocation",
+    "Op",
+    "RemoteTransaction",
+    "TransactResult",
+]
 
 L = TypeVar("L", bound=Layout)
 ObjectRef = ObjectId | str
+"""An object ID, its 32 hex digits, or a name of the namespace ("/kvs/index")."""
 
 DEFAULT_TIMEOUT = 10.0
 _POOL_SIZE = 8
@@ -65,39 +83,57 @@ class Op:
     """One operation of a transaction; build it with the class methods."""
 
     kind: str
-    object_id: ObjectId
+    object_id: ObjectRef  # an ID, or a name the client resolves when it sends the op
     offset: int = 0
     data: bytes = b""
-    target: ObjectId | None = None
+    target: ObjectRef | None = None
     target_offset: int = 0
     size: int = 0
 
     @classmethod
     def write(cls, oid: ObjectRef, offset: int, data: bytes) -> Op:
-        return cls("write", _oid(oid), offset, bytes(data))
+        return cls("write", _ref(oid), offset, bytes(data))
 
     @classmethod
     def append(cls, oid: ObjectRef, data: bytes) -> Op:
-        return cls("append", _oid(oid), 0, bytes(data))
+        return cls("append", _ref(oid), 0, bytes(data))
 
     @classmethod
     def pointer(
         cls, src: ObjectRef, at: int, target: ObjectRef, target_offset: int = DATA_START
     ) -> Op:
-        return cls("pointer", _oid(src), at, b"", _oid(target), target_offset)
+        """A pointer bound now: a name ``target`` is resolved once, when the op is sent."""
+        return cls("pointer", _ref(src), at, b"", _ref(target), target_offset)
+
+    @classmethod
+    def name_pointer(
+        cls, src: ObjectRef, at: int, name: str, target_offset: int = DATA_START
+    ) -> Op:
+        """A late-bound pointer: ``name`` goes into an FOT name entry of ``src`` and is
+        resolved through the namespace each time the pointer is followed."""
+        split_path(name)
+        return cls("name_pointer", _ref(src), at, name.encode(), None, target_offset)
 
     @classmethod
     def alloc(cls, oid: ObjectRef, size: int) -> Op:
-        return cls("alloc", _oid(oid), size=size)
+        return cls("alloc", _ref(oid), size=size)
+
+    def resolved(self, resolve: Callable[[ObjectRef], ObjectId]) -> Op:
+        """This op with names replaced by the IDs they name now."""
+        target = None if self.target is None else resolve(self.target)
+        return dataclasses.replace(self, object_id=resolve(self.object_id), target=target)
 
     def to_json(self) -> dict[str, Any]:
-        doc: dict[str, Any] = {"kind": self.kind, "object": self.object_id.hex()}
+        oid = _oid(self.object_id)  # names must have been resolved (``resolved``)
+        doc: dict[str, Any] = {"kind": self.kind, "object": oid.hex()}
         if self.offset:
             doc["offset"] = self.offset
         if self.data:
             doc["data"] = base64.b64encode(self.data).decode()
         if self.target is not None:
-            doc["target"] = self.target.hex()
+            doc["target"] = _oid(self.target).hex()
+            doc["target_offset"] = self.target_offset
+        elif self.kind == "name_pointer":
             doc["target_offset"] = self.target_offset
         if self.size:
             doc["size"] = self.size
@@ -123,6 +159,23 @@ class ObjectLocation:
     version: int
     epoch: int
     copies: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Binding:
+    """A name's binding: ``kind`` is "object", "directory" or "symlink" (whose link
+    is ``text`` and whose ``object_id`` is None)."""
+
+    name: str
+    kind: str
+    object_id: ObjectId | None
+    text: str = ""
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> Binding:
+        oid = doc.get("id")
+        target = ObjectId.parse(str(oid)) if oid and oid != "0" * 32 else None
+        return cls(str(doc.get("name", "")), str(doc["kind"]), target, str(doc.get("text", "")))
 
 
 @dataclass(slots=True)
@@ -201,7 +254,8 @@ class Client:
             raise InvalidArgument(f"bad port in node URL {url!r}") from exc
         self.url = f"{parts.scheme}://{parts.netloc}"
         self.timeout = timeout
-        self.name_resolver = name_resolver
+        # late-bound pointers in copies resolve through the node, at every dereference
+        self.name_resolver: NameResolver | None = name_resolver or self._resolve_pointer_name
         self._pool = _Pool(parts.scheme, parts.hostname, port, timeout)
         self._copies = _ClientCopies(self, cache_bytes)
         self._copies_lock = threading.RLock()
@@ -239,7 +293,7 @@ class Client:
         return dict(self._call("GET", "/cluster").json())
 
     def locate(self, oid: ObjectRef, *, refresh: bool = False) -> ObjectLocation:
-        oid = _oid(oid)
+        oid = self.resolve(oid)
         doc = self._call("GET", f"/locate/{oid.hex()}", {"refresh": _bit(refresh)}).json()
         return ObjectLocation(
             oid, str(doc["home"]), int(doc["version"]), int(doc["epoch"]),
@@ -248,7 +302,7 @@ class Client:
 
     def info(self, oid: ObjectRef, *, latest: bool = False) -> dict[str, Any]:
         """Header fields, FOT entries and home of an object (the node's JSON)."""
-        oid = _oid(oid)
+        oid = self.resolve(oid)
         return dict(self._call("GET", f"/objects/{oid.hex()}", {"latest": _bit(latest)}).json())
 
     # -- reading and writing -------------------------------------------------------
@@ -284,7 +338,7 @@ class Client:
 
         With ``latest`` the node first makes sure its copy is the home's newest.
         """
-        oid = _oid(oid)
+        oid = self.resolve(oid)
         query: dict[str, Any] = {"offset": offset, "latest": _bit(latest)}
         if length is not None:
             query["length"] = length
@@ -292,7 +346,7 @@ class Client:
 
     def write(self, oid: ObjectRef, offset: int, data: bytes) -> int:
         """Write ``data`` at ``offset`` in one transaction; the object's new version."""
-        oid = _oid(oid)
+        oid = self.resolve(oid)
         path = f"/objects/{oid.hex()}/data"
         doc = self._mutate("PUT", path, {"offset": offset}, bytes(data)).json()
         self._saw_version(oid, int(doc["version"]))
@@ -300,7 +354,7 @@ class Client:
 
     def append(self, oid: ObjectRef, data: bytes) -> int:
         """Append ``data`` (8-byte aligned); the offset it landed at."""
-        oid = _oid(oid)
+        oid = self.resolve(oid)
         doc = self._mutate("POST", f"/objects/{oid.hex()}/append", None, bytes(data)).json()
         self._saw_version(oid, int(doc["version"]))
         return int(doc["offset"])
@@ -310,7 +364,7 @@ class Client:
     ) -> int:
         """Store at ``src + at`` a persistent pointer to ``target + target_offset``;
         the pointer word (an FOT entry is added to ``src`` when needed)."""
-        src, target = _oid(src), _oid(target)
+        src, target = self.resolve(src), self.resolve(target)
         body = {"at": at, "target": target.hex(), "target_offset": target_offset}
         doc = self._mutate("POST", f"/objects/{src.hex()}/pointer", None, _json(body)).json()
         for hexid, version in doc.get("versions", {}).items():
@@ -326,12 +380,100 @@ class Client:
         if not ops:
             raise InvalidArgument("a transaction needs at least one operation")
         txn = txn_id if txn_id is not None else os.urandom(16)
-        body = _json({"txn_id": txn.hex(), "ops": [op.to_json() for op in ops]})
+        names: dict[str, ObjectId] = {}  # each name resolved once per call
+
+        def resolve(ref: ObjectRef) -> ObjectId:
+            if isinstance(ref, str) and is_name(ref):
+                if ref not in names:
+                    names[ref] = self.resolve(ref)
+                return names[ref]
+            return _oid(ref)
+
+        sent = [op.resolved(resolve) for op in ops]
+        body = _json({"txn_id": txn.hex(), "ops": [op.to_json() for op in sent]})
         doc = self._call("POST", "/transact", None, body).json()
         versions = {ObjectId.parse(k): int(v) for k, v in doc.get("versions", {}).items()}
         for oid, version in versions.items():
             self._saw_version(oid, version)
         return TransactResult([int(r) for r in doc["results"]], versions)
+
+    def transaction(self) -> RemoteTransaction:
+        """``with client.transaction() as tx:``: ops gathered in the block run as one
+        transaction at its end (at their home); ``tx.result`` holds their results."""
+        return RemoteTransaction(self)
+
+    def write_name_pointer(
+        self, src: ObjectRef, at: int, name: str, target_offset: int = DATA_START
+    ) -> int:
+        """Store at ``src + at`` a late-bound pointer to ``name`` (+ ``target_offset``),
+        resolved at every dereference; the pointer word (``tx.pointer_by_name`` remotely)."""
+        return self.transact([Op.name_pointer(src, at, name, target_offset)]).results[0]
+
+    # -- names ---------------------------------------------------------------------------
+
+    def resolve(self, ref: ObjectRef) -> ObjectId:
+        """The ID an object reference stands for: an ID as it is, a name as the node
+        resolves it now (``NameNotFound``, ``NotADirectory``, ``SymlinkLoop``, ...)."""
+        if type(ref) is ObjectId:
+            return ref
+        if isinstance(ref, str) and is_name(ref):
+            oid = self.lookup(ref).object_id
+            assert oid is not None  # symbolic links were followed
+            return oid
+        return _oid(ref)
+
+    def lookup(self, path: str, *, nofollow: bool = False) -> Binding:
+        """What ``path`` is bound to (with ``nofollow``, a final symbolic link itself)."""
+        split_path(path)  # a malformed path is refused here, without a round trip
+        doc = self._call("GET", "/names/resolve", {"path": path, "nofollow": _bit(nofollow)})
+        return Binding.from_json(doc.json())
+
+    def root(self) -> ObjectId:
+        """The root directory's ID (derived from the cluster's identity)."""
+        return ObjectId.parse(str(self._call("GET", "/names/root").json()["id"]))
+
+    def listdir(self, path: str = "/") -> list[Binding]:
+        """The bindings of a directory, in the order they were made."""
+        doc = self._call("GET", "/names/list", {"path": path}).json()
+        return [Binding.from_json(e) for e in doc["entries"]]
+
+    def mkdir(self, path: str, *, parents: bool = False, home: str | None = None) -> ObjectId:
+        """Make a directory (homed with its parent, or on ``home``); its ID. ``parents``:
+        as ``mkdir -p``."""
+        body = {"path": path, "parents": parents, "home": home}
+        return ObjectId.parse(str(self._name_change("mkdir", body)["id"]))
+
+    def bind(self, path: str, target: ObjectRef, *, replace: bool = False) -> ObjectId | None:
+        """Bind ``path`` to an object (``NameExists`` if bound, unless ``replace``: then
+        the target replaced is returned)."""
+        body = {"path": path, "target": self.resolve(target).hex(), "replace": replace}
+        replaced = self._name_change("bind", body).get("replaced")
+        return ObjectId.parse(str(replaced)) if replaced else None
+
+    def symlink(self, path: str, text: str) -> None:
+        """Bind ``path`` to a symbolic link to ``text`` (a path, absolute or relative)."""
+        self._name_change("symlink", {"path": path, "text": text})
+
+    def rename(self, src: str, dst: str, *, replace: bool = False) -> Binding:
+        """Move the binding ``src`` to ``dst``; the binding moved."""
+        return Binding.from_json(
+            self._name_change("rename", {"from": src, "to": dst, "replace": replace})
+        )
+
+    def unbind(self, path: str) -> Binding:
+        """Remove the binding ``path`` (a directory only when empty); what it was."""
+        return Binding.from_json(self._name_change("unbind", {"path": path}))
+
+    def _name_change(self, action: str, body: dict[str, Any]) -> dict[str, Any]:
+        return dict(self._mutate("POST", f"/names/{action}", None, _json(body)).json())
+
+    def _resolve_pointer_name(self, name: str, source: ObjectId) -> ObjectId:
+        try:
+            if not is_name(name):
+                raise InvalidArgument("it is not an absolute path of the namespace")
+            return self.resolve(name)
+        except (NamespaceError, InvalidArgument) as exc:
+            raise UnresolvedName(f"name {name!r} (FOT entry of {source.hex()}): {exc}") from exc
 
     # -- copies and pointers ---------------------------------------------------------
 
@@ -340,7 +482,7 @@ class Client:
 
         This is the ``ObjectSource`` hook: pointers in copies resolve through it.
         """
-        oid = _oid(oid)
+        oid = self.resolve(oid)
         if not latest:
             with self._copies_lock:
                 copy = self._copies.get(oid)
@@ -355,13 +497,15 @@ class Client:
 
     def refresh(self, oid: ObjectRef) -> None:
         """Drop the cached copy: the next ``get`` fetches it again."""
+        oid = self.resolve(oid)
         with self._copies_lock:
-            self._copies.discard(_oid(oid))
+            self._copies.discard(oid)
 
     def cached(self, oid: ObjectRef) -> tuple[StoredObject, int] | None:
         """The cached copy and its version, if there is one (no network)."""
+        oid = self.resolve(oid)
         with self._copies_lock:
-            copy = self._copies.peek(_oid(oid))
+            copy = self._copies.peek(oid)
         return None if copy is None else (copy.obj, copy.version)
 
     def view(
@@ -487,6 +631,56 @@ def _error_from(response: _Response, url: str) -> DtwzError:
     return cls(message)
 
 
+class RemoteTransaction:
+    """Ops gathered by a ``with client.transaction() as tx:`` block, run together (all
+    or nothing, at the home of the objects they change) when the block ends, unless
+    it raised. Each method returns its op's index: ``tx.result.results[i]`` is the
+    op's result (append and alloc: the offset; pointers: the word)."""
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+        self.ops: list[Op] = []
+        self.result: TransactResult | None = None
+
+    def __enter__(self) -> RemoteTransaction:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is None and self.ops:
+            self.result = self._client.transact(self.ops)
+
+    def _add(self, op: Op) -> int:
+        self.ops.append(op)
+        return len(self.ops) - 1
+
+    def write(self, oid: ObjectRef, offset: int, data: bytes) -> int:
+        return self._add(Op.write(oid, offset, data))
+
+    def append(self, oid: ObjectRef, data: bytes) -> int:
+        return self._add(Op.append(oid, data))
+
+    def alloc(self, oid: ObjectRef, size: int) -> int:
+        return self._add(Op.alloc(oid, size))
+
+    def write_pointer(
+        self, src: ObjectRef, at: int, target: ObjectRef, offset: int = DATA_START
+    ) -> int:
+        return self._add(Op.pointer(src, at, target, offset))
+
+    def write_name_pointer(
+        self, src: ObjectRef, at: int, name: str, offset: int = DATA_START
+    ) -> int:
+        return self._add(Op.name_pointer(src, at, name, offset))
+
+
+def _ref(value: ObjectRef) -> ObjectRef:
+    """An ID, or a name kept for the client to resolve (checked for syntax now)."""
+    if isinstance(value, str) and is_name(value):
+        split_path(value)
+        return value
+    return _oid(value)
+
+
 def _oid(value: ObjectRef) -> ObjectId:
     if isinstance(value, ObjectId):
         return value
@@ -494,8 +688,8 @@ def _oid(value: ObjectRef) -> ObjectId:
         try:
             return ObjectId.parse(value)
         except DtwzError as exc:
-            raise InvalidArgument(str(exc)) from exc
-    raise InvalidArgument(f"an object ID is an ObjectId or 32 hex digits, got {value!r}")
+            raise InvalidArgument(f"{exc}, or a name such as /kvs/index") from exc
+    raise InvalidArgument(f"an object is an ObjectId, 32 hex digits or a name, got {value!r}")
 
 
 def _bit(flag: bool) -> int:

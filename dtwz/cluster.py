@@ -45,6 +45,7 @@ __all__ = [
     "LocalCluster",
     "NodeSpec",
     "NodeStatus",
+    "connect",
     "down",
     "free_ports",
     "status",
@@ -53,6 +54,7 @@ __all__ = [
 ]
 
 CLUSTER_FILE = "cluster.json"
+DEFAULT_DATA_DIR = "data/cluster"
 HOST = "127.0.0.1"
 PEER_PORT_OFFSET = 100  # base port P: HTTP on P + i, peer endpoint on P + 100 + i
 MAX_NODES = PEER_PORT_OFFSET
@@ -429,6 +431,37 @@ def survey(urls: dict[str, str], *, timeout: float = 2.0) -> list[NodeStatus]:
 
     with ThreadPoolExecutor(min(16, len(urls))) as pool:
         return list(pool.map(lambda item: ask(*item), urls.items()))
+
+
+def connect(url: str | None = None, **options: Any) -> Client:
+    """A client of a node of a cluster: ``url``; else ``DTWZ_NODE``; else the first
+    node that answers of the local cluster in ``DTWZ_CLUSTER`` or ./data/cluster
+    (the folder of ``dtwz cluster up``). Options go to ``Client``."""
+    if url is None:
+        url = os.environ.get("DTWZ_NODE") or _answering_node(
+            Path(os.environ.get("DTWZ_CLUSTER", DEFAULT_DATA_DIR))
+        )
+    return Client(url, **options)
+
+
+def _answering_node(data_dir: Path) -> str:
+    if not (data_dir / CLUSTER_FILE).exists():
+        raise ClusterError(
+            "no node to connect to: pass a URL, set DTWZ_NODE or start a local cluster "
+            f"with `dtwz cluster up` (there is none in {data_dir})"
+        )
+    urls = LocalCluster.load(data_dir).urls
+    for url in urls.values():
+        with Client(url, timeout=1.0) as probe:
+            try:
+                probe.health()
+            except DtwzError:
+                continue
+        return url
+    raise ClusterError(
+        f"no node of the local cluster in {data_dir} answers ({', '.join(urls.values())}); "
+        "start it with `dtwz cluster up`"
+    )
 
 
 # -- helpers -----------------------------------------------------------------------------

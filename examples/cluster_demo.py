@@ -5,9 +5,11 @@ cluster (real processes on loopback, stores under DIR, default
 ``./data/cluster``), then:
 
 1. builds a linked list whose nodes live in objects homed on *different* nodes,
-   each node created through that node;
-2. walks the list from a client connected to a third node: every pointer crosses
-   the object space through an FOT entry, and each target is fetched on demand;
+   each node created through that node, and names it in the cluster's namespace
+   (``/demo/list/head``, a directory per list, a late-bound ``/demo/latest``);
+2. walks the list from a client connected to a third node, starting from its name
+   (resolved there): every pointer crosses the object space through an FOT entry,
+   and each target is fetched on demand;
 3. locates each object (home, version, who holds copies);
 4. writes at an object's home and shows that the copy another node held is
    invalidated, so the next read there sees the new bytes;
@@ -61,7 +63,30 @@ def build_list(clients: dict[str, Client]) -> tuple[ObjectId, list[ObjectId]]:
     return objects[0], objects
 
 
-def walk(client: Client, head: ObjectId) -> list[tuple[int, str, str]]:
+def name_the_list(clients: dict[str, Client], head: ObjectId, objects: list[ObjectId]) -> None:
+    """Bind names to the list through the first node (again and again: a rerun on the
+    same stores finds them bound and rebinds them), and a late-bound pointer."""
+    first = clients[sorted(clients)[0]]
+    first.mkdir("/demo/list/items", parents=True)
+    first.bind("/demo/list/head", head, replace=True)
+    for i, oid in enumerate(objects):
+        first.bind(f"/demo/list/items/{i}", oid, replace=True)
+    # /demo/latest names the last item; a pointer to it by name follows rebinding
+    first.bind("/demo/latest", objects[-1], replace=True)
+    holder = first.create(8192, bytes(8))
+    first.write_name_pointer(holder, 0x1000, "/demo/latest")
+    reader = clients[sorted(clients)[-1]]
+    before = reader.follow(holder, 0x1000)[0].object_id
+    first.bind("/demo/latest", objects[0], replace=True)
+    after = reader.follow(holder, 0x1000)[0].object_id
+    console.print(f"names bound through {sorted(clients)[0]}: /demo/list/head, "
+                  f"/demo/list/items/0..{len(objects) - 1}, /demo/latest")  # fmt: skip
+    console.print(f"a late-bound pointer to /demo/latest, followed through {sorted(clients)[-1]}: "
+                  f"item {objects.index(before)}, then after rebinding item "
+                  f"{objects.index(after)}")  # fmt: skip
+
+
+def walk(client: Client, head: ObjectId | str) -> list[tuple[int, str, str]]:
     out = []
     item = client.view(DemoItem, head)
     while item is not None:
@@ -113,12 +138,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         head, objects = build_list(clients)
         console.print(f"created {len(objects)} objects round-robin on {', '.join(clients)}; "
                       f"head {head.hex()}")  # fmt: skip
+        name_the_list(clients, head, objects)
 
         reader_id = cluster.node_ids[-1]
         reader = cluster.client(reader_id)
         console.rule(f"2. Following the pointers from a client of {reader_id}")
         t0 = time.perf_counter()
-        items = walk(reader, head)
+        console.print(f"{reader_id} resolves /demo/list/head -> "
+                      f"{reader.resolve('/demo/list/head').hex()}")  # fmt: skip
+        items = walk(reader, "/demo/list/head")
         elapsed = (time.perf_counter() - t0) * 1000
         for number, label, oid in items:
             console.print(f"  {number}: {label:<18} object {oid[:12]}…")

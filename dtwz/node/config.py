@@ -27,6 +27,9 @@ class NodeConfig:
     data_dir: Path = Path("data/node")
     bind_host: str = "127.0.0.1"
     advertise_host: str = ""  # the name peers and clients use; bind_host if empty
+    # the HTTP URL clients use, when it is not http://host:http_port (a published
+    # container port, a proxy); other nodes pass it on to clients, never call it
+    advertise_url: str = ""
     peer_port: int = 7100
     http_port: int = 7000
     seeds: list[str] = field(default_factory=list)
@@ -36,6 +39,7 @@ class NodeConfig:
     request_timeout: float = 2.0
     directory_copies: int = 3
     durable: bool = True
+    cluster_id: str = "dtwz"  # the cluster's identity: the root directory's ID derives from it
 
     @property
     def host(self) -> str:
@@ -47,7 +51,7 @@ class NodeConfig:
 
     @property
     def http_addr(self) -> str:
-        return f"http://{self.host}:{self.http_port}"
+        return self.advertise_url or f"http://{self.host}:{self.http_port}"
 
     def validate(self) -> NodeConfig:
         if not self.node_id or len(self.node_id) > 64 or "/" in self.node_id:
@@ -59,6 +63,10 @@ class NodeConfig:
             raise InvalidArgument("need 0 < heartbeat_interval < suspect_after <= dead_after")
         if self.directory_copies < 1 or self.request_timeout <= 0:
             raise InvalidArgument("directory_copies >= 1 and request_timeout > 0")
+        if self.advertise_url and not self.advertise_url.startswith(("http://", "https://")):
+            raise InvalidArgument(f"advertise_url must be http(s)://...: {self.advertise_url!r}")
+        if not self.cluster_id or len(self.cluster_id) > 64:
+            raise InvalidArgument(f"cluster_id must be 1-64 characters: {self.cluster_id!r}")
         return self
 
     @classmethod

@@ -18,6 +18,17 @@ Routes::
     POST /objects/{id}/pointer                   {"at", "target", "target_offset"}
     POST /transact                               {"txn_id", "ops": [...]}
     GET  /locate/{id}                            home, version, epoch, copies
+
+    GET  /names/root                             the root directory's ID, cluster, home
+    GET  /names/resolve?path=&nofollow=1         what a path names: id, kind, parent
+    GET  /names/list?path=                       a directory's entries
+    POST /names/mkdir    {"path", "parents", "home"}
+    POST /names/bind     {"path", "target", "replace"}
+    POST /names/symlink  {"path", "text"}
+    POST /names/rename   {"from", "to", "replace"}
+    POST /names/unbind   {"path"}
+
+Name changes take the ``X-Dtwz-Txn`` header as their transaction ID, like writes.
 """
 
 from __future__ import annotations
@@ -39,19 +50,25 @@ from dtwz.errors import DtwzError, InvalidArgument
 from dtwz.ids import ObjectId
 from dtwz.layout import DATA_START, HEADER_RECORD_SIZE, FotEntry, ObjectHeader
 from dtwz.node.protocol import Create, Created, TxOp
-from dtwz.node.service import OP_ALLOC, OP_APPEND, OP_POINTER, OP_WRITE
+from dtwz.node.service import OP_ALLOC, OP_APPEND, OP_NAME_POINTER, OP_POINTER, OP_WRITE
+from dtwz.resolver.directories import Entry
+from dtwz.resolver.names import Resolved
 
 if TYPE_CHECKING:
     from dtwz.node.server import Node
+    from dtwz.resolver.namespace import Namespace
 
 _STATUS = {
     "ObjectNotFound": 404, "InvalidArgument": 400, "FormatError": 400, "PointerError": 400,
     "PointerOutOfBounds": 400, "NullPointer": 400, "BadFotIndex": 400, "InvalidFotEntry": 400,
     "TransactionConflict": 409, "ObjectFull": 409, "ReadOnlyObject": 409,
     "HomeUnreachable": 503, "PeerUnavailable": 503, "ClusterError": 503, "StaleLocation": 503,
-    "CorruptObject": 500,
+    "CorruptObject": 500, "UnresolvedName": 404, "NamespaceError": 409, "NameNotFound": 404,
+    "NameExists": 409, "NotADirectory": 409, "DirectoryNotEmpty": 409, "SymlinkLoop": 400,
+    "InvalidName": 400,
 }  # fmt: skip
-_OP_KINDS = {"write": OP_WRITE, "append": OP_APPEND, "pointer": OP_POINTER, "alloc": OP_ALLOC}
+_OP_KINDS = {"write": OP_WRITE, "append": OP_APPEND, "pointer": OP_POINTER, "alloc": OP_ALLOC,
+             "name_pointer": OP_NAME_POINTER}  # fmt: skip
 
 NODE_KEY = web.AppKey("node", object)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -65,7 +82,7 @@ class _NodeCollector(Collector):
 
     def collect(self) -> Any:
         status = self.node.status()
-        for section in ("store", "peer", "service", "cache", "node"):
+        for section in ("store", "peer", "service", "cache", "node", "names"):
             family = GaugeMetricFamily(
                 f"dtwz_{section}", f"dtwz {section} counters", labels=["name"]
             )
@@ -133,7 +150,9 @@ def build_app(node: Node) -> web.Application:
         latency.labels(route).observe(time.perf_counter() - start)
         return response
 
-    app = web.Application(middlewares=[errors_and_metrics], client_max_size=1 << 30)
+    # a request line must hold a path of the namespace (4096 bytes, 3x that URL-encoded)
+    app = web.Application(middlewares=[errors_and_metrics], client_max_size=1 << 30,
+                          handler_args={"max_line_size": 16 << 10})  # fmt: skip
     app[NODE_KEY] = node
 
     async def metrics(request: web.Request) -> web.Response:
@@ -154,6 +173,10 @@ def build_app(node: Node) -> web.Application:
     app.router.add_post("/objects/{id}/pointer", pointer)
     app.router.add_post("/transact", transact)
     app.router.add_get("/locate/{id}", locate)
+    app.router.add_get("/names/root", names_root)
+    app.router.add_get("/names/resolve", names_resolve)
+    app.router.add_get("/names/list", names_list)
+    app.router.add_post("/names/{action}", names_change)
     return app
 
 
@@ -342,6 +365,100 @@ async def locate(request: web.Request) -> web.Response:
     record = where.record
     return web.json_response({"id": oid.hex(), "home": record.home, "version": record.version,
                               "epoch": record.epoch, "copies": where.copies})  # fmt: skip
+
+
+# -- names ------------------------------------------------------------------------
+
+
+def _names(request: web.Request) -> Namespace:
+    names = _node(request).names
+    assert names is not None
+    return names
+
+
+def _path(request: web.Request) -> str:
+    path = request.query.get("path")
+    if path is None:
+        raise InvalidArgument("query parameter 'path' is required")
+    return path
+
+
+def _resolved_json(r: Resolved) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "path": r.path,
+        "id": r.object_id.hex(),
+        "kind": r.kind.name.lower(),
+        "name": r.name,
+        "parent": r.parent.hex() if r.parent else None,
+    }
+    if r.text:
+        doc["text"] = r.text
+    return doc
+
+
+def _entry_json(e: Entry) -> dict[str, Any]:
+    doc: dict[str, Any] = {"name": e.name, "kind": e.kind.name.lower()}
+    if e.target is not None:
+        doc["id"] = e.target.hex()
+    if e.text:
+        doc["text"] = e.text
+    return doc
+
+
+async def names_root(request: web.Request) -> web.Response:
+    names = _names(request)
+    return web.json_response({"id": names.root.hex(), "cluster_id": names.cluster_id,
+                              "home_address": names.root_home_addr})  # fmt: skip
+
+
+async def names_resolve(request: web.Request) -> web.Response:
+    follow = not _flag(request, "nofollow")
+    resolved = await _names(request).resolve(_path(request), follow_last=follow)
+    return web.json_response(_resolved_json(resolved))
+
+
+async def names_list(request: web.Request) -> web.Response:
+    where, entries = await _names(request).listdir(_path(request))
+    return web.json_response({**_resolved_json(where),
+                              "entries": [_entry_json(e) for e in entries]})  # fmt: skip
+
+
+async def names_change(request: web.Request) -> web.Response:
+    names = _names(request)
+    action = request.match_info["action"]
+    body = await _json(request)
+    txn_id = _txn_id(request) or b""
+
+    def text(key: str) -> str:
+        value = body.get(key)
+        if not isinstance(value, str):
+            raise InvalidArgument(f"{key!r} must be a string")
+        return value
+
+    replace = bool(body.get("replace", False))
+    if action == "mkdir":
+        home = body.get("home")
+        oid = await names.mkdir(text("path"), parents=bool(body.get("parents", False)),
+                                home=str(home) if home else None, txn_id=txn_id)  # fmt: skip
+        return web.json_response({"path": text("path"), "id": oid.hex()}, status=201)
+    if action == "bind":
+        try:
+            target = ObjectId.parse(text("target"))
+        except errors.FormatError as exc:
+            raise InvalidArgument(str(exc)) from exc
+        old = await names.bind(text("path"), target, replace=replace, txn_id=txn_id)
+        return web.json_response({"path": text("path"), "id": target.hex(),
+                                  "replaced": old.hex() if old else None})  # fmt: skip
+    if action == "symlink":
+        await names.symlink(text("path"), text("text"), txn_id=txn_id)
+        return web.json_response({"path": text("path"), "text": text("text")}, status=201)
+    if action == "rename":
+        moved = await names.rename(text("from"), text("to"), replace=replace, txn_id=txn_id)
+        return web.json_response({"from": text("from"), "to": text("to"), **_entry_json(moved)})
+    if action == "unbind":
+        gone = await names.unbind(text("path"), txn_id=txn_id)
+        return web.json_response({"path": text("path"), **_entry_json(gone)})
+    raise web.HTTPNotFound(text=f"no name operation {action!r}")
 
 
 async def _json(request: web.Request) -> dict[str, Any]:

@@ -121,7 +121,9 @@ class TxOp(Struct):
 
     kind: 1 WRITE data at offset; 2 APPEND data (result: offset); 3 POINTER store at
     offset a pointer to target+target_offset (result: pointer word); 4 ALLOC size
-    bytes (result: offset).
+    bytes (result: offset); 5 NAME_POINTER store at offset a late-bound pointer to
+    the name in data (an absolute path) + target_offset, through a new FOT name
+    entry (result: pointer word).
     """
 
     kind: U8
@@ -297,6 +299,41 @@ class Created(Message):
     object_id: ObjectId
     version: U64
     data_offset: U64
+
+
+@dataclass(frozen=True, slots=True)
+class DirOp(Message):
+    """Change a directory of the namespace at its home (reply: ``DirResult``).
+
+    ``action``: 1 BIND ``name`` to ``target`` as ``kind`` (1 object, 2 directory;
+    ``replace`` allows replacing an object binding); 2 UNBIND ``name`` (``target``:
+    the binding expected, zero for any); 3 MKDIR ``name`` as a new directory homed
+    here (result: its ID); 4 SYMLINK ``name`` to the path ``text``; 5 RENAME ``name``
+    to ``text`` in directory ``other`` (same home; ``target``: as for UNBIND).
+    ``txn_id`` makes a retry apply once, as for ``Transact``.
+    """
+
+    OP = 50
+    txn_id: bytes
+    action: U8
+    directory: ObjectId
+    name: str
+    kind: U8 = 0
+    target: ObjectId = ZERO_ID
+    other: ObjectId = ZERO_ID
+    text: str = ""
+    replace: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class DirResult(Message):
+    """The binding a ``DirOp`` made, replaced or removed, and the versions it produced."""
+
+    OP = 51
+    target: ObjectId
+    kind: U8
+    text: str
+    versions: list[ObjectVersion]
 
 
 # -- codec ----------------------------------------------------------------------

@@ -7,7 +7,10 @@ heartbeat loop until SIGTERM/SIGINT; on shutdown announce LEAVE and close.
 The location half of the resolver lives here:
 - **membership**: heartbeats gossip the member list every ``heartbeat_interval``;
   a member whose heartbeat stops growing is SUSPECT after ``suspect_after`` and
-  DEAD after ``dead_after`` seconds (``dtwz.resolver.membership``);
+  DEAD after ``dead_after`` seconds (``dtwz.resolver.membership``). A node joins
+  again through any seed at which no live member answers, every ``RESEED_EVERY``
+  seconds: nobody gossips to the dead, so a seed that restarted knowing no one
+  (a lone seed, as in a local cluster) would otherwise stay alone;
 - **directory**: each object's record (home, version, epoch) is kept by the
   ``directory_copies`` live members that rendezvous hashing picks for its ID. The
   records are soft state: a home republishes all of its records whenever the
@@ -15,6 +18,10 @@ The location half of the resolver lives here:
   heals after joins, leaves and failures;
 - **locate**: local objects answer at once; otherwise the location cache, then
   the directory owners, then (while the directory heals) every live member.
+
+The name half of the resolver is ``self.names`` (``dtwz.resolver.namespace``): it
+creates the root directory at start-up on the one node meant to home it, and
+serves ``DirOp`` changes of the directories homed here.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ from dtwz.node.peer import PeerEndpoint
 from dtwz.node.protocol import (
     Ack,
     Create,
+    DirOp,
     ErrorReply,
     Fetch,
     Heartbeat,
@@ -63,10 +71,12 @@ from dtwz.resolver.membership import (
     MembershipEvent,
     MemberState,
 )
+from dtwz.resolver.namespace import Namespace
 
 log = logging.getLogger(__name__)
 
 REPUBLISH_EVERY = 30.0
+RESEED_EVERY = 1.0
 PUBLISH_BATCH = 4096
 _NO_RECORD = HomeRecord(ObjectId(bytes(16)), "", 0, 0)
 
@@ -78,6 +88,7 @@ class Node:
         self.started = time.time()
         self.store: Store | None = None
         self.service: ObjectService | None = None
+        self.names: Namespace | None = None
         self.peer = PeerEndpoint(
             f"tcp://{config.bind_host}:{config.peer_port}",
             self._dispatch,
@@ -107,12 +118,17 @@ class Node:
         data = self.config.data_dir
         self.store = Store.open(data / "store", create=True, durable=self.config.durable)
         self.service = ObjectService(self.store, self)
+        c = self.config
+        self.names = Namespace(self, self.service, cluster_id=c.cluster_id, seeds=c.seeds,
+                               peer_addr=c.peer_addr)  # fmt: skip
+        self.names.startup()  # the root, if it is ours to create
         await self.peer.start()
         from dtwz.node.http import start_http  # the one module that builds the aiohttp app
 
         self._http_runner = await start_http(self)
         self._spawn(self._join_loop())
         self._spawn(self._heartbeat_loop())
+        self._spawn(self._reseed_loop())
         self._spawn(self._republish_loop())
         log.info("node %s up: peer %s, http %s", self.node_id, self.config.peer_addr,
                  self.config.http_addr)  # fmt: skip
@@ -192,6 +208,9 @@ class Node:
                 return await service.on_invalidate(m)
             case Create():
                 return await service.on_create(m)
+            case DirOp():
+                assert self.names is not None
+                return await self.names.on_dir_op(m)
             case Locate():
                 if service.is_home(m.object_id):  # the home knows best: version and copies
                     version = service.store.get(m.object_id).header().version
@@ -243,6 +262,25 @@ class Node:
             if not self.joined.is_set():
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
+
+    async def _reseed_loop(self) -> None:
+        await self.joined.wait()
+        while True:
+            await asyncio.sleep(RESEED_EVERY)
+            live = {m.peer_addr for m in self.membership.members()
+                    if m.state in (MemberState.ALIVE, MemberState.SUSPECT)}  # fmt: skip
+            for seed in self.config.seeds:
+                if seed not in live and seed != self.config.peer_addr:
+                    self._spawn(self._rejoin(seed))
+
+    async def _rejoin(self, seed: str) -> None:
+        try:
+            reply = await self.peer.request(seed, Join(self.membership.me()), 1.0)
+        except DtwzError:
+            return  # still down
+        if isinstance(reply, Members):
+            self.stats["rejoins"] += 1
+            await self._apply_events(self.membership.merge(reply.members, time.monotonic()))
 
     async def _heartbeat_loop(self) -> None:
         interval = self.config.heartbeat_interval
@@ -317,6 +355,22 @@ class Node:
                 self.locations.put(record)
                 return self._check_home(record)
         return await self._locate_by_asking_everyone(oid)
+
+    def hint_location(self, oid: ObjectId, home: str) -> bool:
+        """A guess where ``oid`` lives, used only while nothing better is known: its
+        epoch 0 loses to any published record, and a wrong guess is found and
+        corrected like any stale record (the fetch fails, the directory is asked).
+        Whether the guess was taken."""
+        if oid in self.locations or not self._is_alive(home):
+            return False
+        return self.locations.put(HomeRecord(oid, home, 0, 0))
+
+    def member_at(self, peer_addr: str) -> tuple[str, int] | None:
+        """(node ID, state) of the member whose peer address is ``peer_addr``, if any."""
+        for m in self.membership.members():
+            if m.peer_addr == peer_addr:
+                return m.node_id, m.state
+        return None
 
     def _is_alive(self, node_id: str) -> bool:
         member = self.membership.get(node_id)
@@ -427,6 +481,8 @@ class Node:
             "store": dict(self.store.stats),
             "peer": dict(self.peer.stats),
             "node": dict(self.stats),
+            "names": self.names.status() if self.names is not None else {},
+            "root": self.names.root.hex() if self.names is not None else None,
         }
 
 

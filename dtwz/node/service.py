@@ -62,13 +62,15 @@ from dtwz.node.protocol import (
     TxOp,
 )
 from dtwz.node.store import Store
+from dtwz.node.transaction import Transaction
+from dtwz.resolver.names import split_path
 
 log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
 WINDOW = 4
 WHOLE_COPY_MAX = 16 << 20  # data bytes: larger remote objects are read by range
-OP_WRITE, OP_APPEND, OP_POINTER, OP_ALLOC = 1, 2, 3, 4
+OP_WRITE, OP_APPEND, OP_POINTER, OP_ALLOC, OP_NAME_POINTER = 1, 2, 3, 4, 5
 _T = TypeVar("_T")
 _M = TypeVar("_M", bound=Message)
 
@@ -198,6 +200,17 @@ class ObjectService:
                 return obj.read(offset, length), version, home
         return await self._read_range(oid, offset, length)
 
+    async def peek(self, oid: ObjectId, offset: int, length: int) -> bytes:
+        """A few bytes of an object without keeping a copy of it: from the store or a
+        copy held, else one range fetch from its home (``ObjectNotFound`` if none)."""
+        copy = self.copies.peek(oid)
+        if copy is not None:
+            return bytes(copy.obj.read(offset, length))
+        if self.is_home(oid):
+            return bytes(self.store.read(oid, offset, length))
+        data, _, _ = await self._read_range(oid, offset, length)
+        return bytes(data)
+
     async def _read_range(
         self, oid: ObjectId, offset: int, length: int
     ) -> tuple[memoryview, int, str]:
@@ -284,24 +297,46 @@ class ObjectService:
         future.set_result(result)
         return result
 
-    def _run_ops(self, ops: Sequence[TxOp]) -> TransactResult:
+    async def run_at_home(
+        self,
+        txn_id: bytes,
+        body: Callable[[Transaction], _T],
+        reply: Callable[[_T, list[ObjectVersion]], _M],
+    ) -> _M:
+        """Run ``body`` in one local transaction, once per ``txn_id`` (as ``run_local``),
+        invalidate the copies of what it changed, and answer ``reply(result, versions)``.
+
+        For operations richer than ``TxOp``s that must run where the object is ordered
+        (the namespace's directory edits).
+        """
+
+        async def run() -> _M:
+            value, versions = await self._in_thread(lambda: self._run_in_tx(body))
+            self.stats["transactions"] += 1
+            await self._invalidate_copies(versions)
+            return reply(value, versions)
+
+        return await self._once(txn_id, run)
+
+    def _run_in_tx(self, body: Callable[[Transaction], _T]) -> tuple[_T, list[ObjectVersion]]:
         for attempt in range(20):
             try:
                 with self.store.transaction() as tx:
-                    results = [self._run_op(tx, op) for op in ops]
+                    result = body(tx)
                     touched = list(tx.touched)
                 break
             except TransactionConflict:
                 if attempt == 19:
                     raise
         versions = [ObjectVersion(oid, self.store.get(oid).header().version) for oid in touched]
+        return result, versions
+
+    def _run_ops(self, ops: Sequence[TxOp]) -> TransactResult:
+        results, versions = self._run_in_tx(lambda tx: [self._run_op(tx, op) for op in ops])
         return TransactResult(results, versions)
 
     @staticmethod
-    def _run_op(tx: object, op: TxOp) -> int:
-        from dtwz.node.transaction import Transaction
-
-        assert isinstance(tx, Transaction)
+    def _run_op(tx: Transaction, op: TxOp) -> int:
         if op.kind == OP_WRITE:
             tx.write(op.object_id, op.offset, op.data)
             return 0
@@ -311,6 +346,14 @@ class ObjectService:
             return tx.write_pointer(op.object_id, op.offset, op.target, op.target_offset)
         if op.kind == OP_ALLOC:
             return tx.alloc(op.object_id, op.size)
+        if op.kind == OP_NAME_POINTER:  # a late-bound pointer: the name is resolved when followed
+            name = _pointer_name(op.data)
+            # the slot first: the name is appended above the data end, which must not
+            # be where the pointer goes
+            tx.write_u64(op.object_id, op.offset, 0)
+            word = tx.pointer_by_name(op.object_id, name, op.target_offset)
+            tx.write_u64(op.object_id, op.offset, word)
+            return word
         raise InvalidArgument(f"unknown transaction op kind {op.kind}")
 
     async def _invalidate_copies(self, versions: Sequence[ObjectVersion]) -> None:
@@ -429,3 +472,13 @@ class ObjectService:
 
     async def _in_thread(self, fn: Callable[[], _T]) -> _T:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn)
+
+
+def _pointer_name(raw: bytes) -> str:
+    """The name of a late-bound pointer: an absolute path of the namespace."""
+    try:
+        name = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidArgument("a pointer's name must be UTF-8") from exc
+    split_path(name)  # InvalidName for anything the resolver could never resolve
+    return name

@@ -25,12 +25,14 @@ from hypothesis import strategies as st
 
 from dtwz import errors
 from dtwz.errors import DtwzError, ProtocolError
-from dtwz.ids import ObjectId
+from dtwz.ids import ZERO_ID, ObjectId
 from dtwz.node.protocol import (
     MAX_LIST,
     Ack,
     Create,
     Created,
+    DirOp,
+    DirResult,
     ErrorReply,
     Fetch,
     Heartbeat,
@@ -177,6 +179,27 @@ TABLE: list[tuple[Message, int, bool, list[str]]] = [
         12,
         True,
         [env(44, 12, True), f"{OID_HEX} 0100000000000000 0010000000000000"],
+    ),
+    (
+        DirOp(b"\xaa\xbb", 1, OID, "x", 1, OID),
+        13,
+        False,
+        # txn_id, action BIND, directory, name "x", kind, target, other, text "", replace
+        [env(50, 13), f"02000000 aabb 01 {OID_HEX} 0100 78 01 {OID_HEX} {ZERO_HEX} 0000 00"],
+    ),
+    (
+        DirOp(b"\xaa\xbb", 5, OID, "a", 1, ZERO_ID, OID, "b", True),
+        14,
+        False,
+        # a RENAME of "a" to "b" in directory `other`, replacing an object binding
+        [env(50, 14), f"02000000 aabb 05 {OID_HEX} 0100 61 01 {ZERO_HEX} {OID_HEX} 0100 62 01"],
+    ),
+    (
+        DirResult(OID, 2, "", [ObjectVersion(OID, 3)]),
+        13,
+        True,
+        # target, kind, text "", versions
+        [env(51, 13, True), f"{OID_HEX} 02 0000 01000000 {OID_HEX} 0300000000000000"],
     ),
 ]
 

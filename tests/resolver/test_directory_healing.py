@@ -52,7 +52,7 @@ def test_directory_records_move_to_new_owners_after_a_death_and_a_join(
     for n in ids:
         with cluster.client(n) as client:
             homes[n] = [client.create(8192, n.encode()) for _ in range(OBJECTS_PER_NODE)]
-    total = OBJECTS_PER_NODE * len(ids)
+    total = OBJECTS_PER_NODE * len(ids) + 1  # and the namespace's root directory, on n1
     wait_until(lambda: directory_total(cluster, ids) == total, 10, "every record is published")
 
     def republished(node_id: str) -> int:
@@ -82,7 +82,19 @@ def test_directory_records_move_to_new_owners_after_a_death_and_a_join(
         assert lookups_of(reader) == before
 
         cluster.start(["n4"])  # its store is intact; it publishes its records again
-        wait_until(lambda: directory_total(cluster, ids) >= total, 20, "n4's records are back")
+        wait_until(
+            lambda: (
+                directory_total(cluster, ids) >= total
+                and all(
+                    m["state"] == "alive"
+                    for n in survivors
+                    for m in status(cluster, n)["members"]
+                    if m["node_id"] == "n4"
+                )
+            ),
+            20,
+            "n4's records are back and every survivor sees n4 alive again",
+        )
         for oid in homes["n4"]:
             assert reader.locate(oid, refresh=True).home == "n4"
             assert reader.read(oid, latest=True) == b"n4"
