@@ -83,6 +83,8 @@ _NODE_HELP = {
     "data_dir": "The node's folder (its store is DIR/store).",
     "bind_host": "Address to listen on.",
     "advertise_host": "Host name peers and clients use.  [default: the bind host]",
+    "advertise_url": "HTTP URL clients use, when not http://HOST:HTTP_PORT (a published "
+    "container port, a proxy).  [default: from the host and port]",
     "peer_port": "Port of the peer endpoint (ZeroMQ).",
     "http_port": "Port of the HTTP API.",
     "seeds": "Peer address to join through, tcp://HOST:PORT (repeat, or comma-separate).",
@@ -105,7 +107,9 @@ def _node_options(command: Callable[..., Any]) -> Callable[..., Any]:
         else:
             default = f.default
         shown = (
-            "" if f.name in ("node_id", "advertise_host", "seeds") else f"  [default: {default}]"
+            ""
+            if f.name in ("node_id", "advertise_host", "advertise_url", "seeds")
+            else f"  [default: {default}]"
         )
         text = _NODE_HELP.get(f.name, f.name.replace("_", " ")) + shown
         if isinstance(default, bool):

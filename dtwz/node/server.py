@@ -430,6 +430,7 @@ class Node:
         assert self.store is not None
         by_owner: dict[str, list[HomeRecord]] = defaultdict(list)
         count = 0
+        self.stats["republish_members"] = len(self.membership.alive_ids())
         for oid in self.store.object_ids():
             record = HomeRecord(oid, self.node_id, 0, 1)
             for owner in self._owners(oid):
@@ -442,8 +443,10 @@ class Node:
             for i in range(0, len(records), PUBLISH_BATCH):
                 sends.append(self._publish(owner, records[i : i + PUBLISH_BATCH]))
         await asyncio.gather(*sends)
-        self.shard.drop_not_owned(self.node_id, self.membership.alive_ids(),
-                                  self.config.directory_copies)  # fmt: skip
+        # Records this shard no longer owns are kept: dropping them by this node's
+        # view could drop a record another node just published here under a newer
+        # view. They cost memory only; lookups go to the current owners.
+        self.stats["republishes"] += 1
         self.stats["republished"] += count
         return count
 
