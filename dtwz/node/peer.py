@@ -116,7 +116,7 @@ def _wake(waiter: asyncio.Future[None]) -> None:
 class _Connection:
     """The DEALER to one peer and the requests waiting for its replies."""
 
-    def __init__(self, ctx: zmq.Context[Any], addr: str) -> None:
+    def __init__(self, ctx: zmq.Context[Any], addr: str, give_up_ms: int) -> None:
         self.addr = addr
         self.loop = asyncio.get_running_loop()
         try:
@@ -127,6 +127,9 @@ class _Connection:
             self.socket.setsockopt(zmq.LINGER, 0)
             self.socket.setsockopt(zmq.IMMEDIATE, 1)
             self.socket.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
+            # TCP gives up on unacknowledged bytes after the request timeout: a request
+            # its caller was told failed must not be delivered when a partition heals
+            self.socket.setsockopt(zmq.TCP_MAXRT, give_up_ms)
             self.socket.connect(addr)
         except zmq.ZMQError as exc:  # e.g. a malformed address from gossip
             self.socket.close(linger=0)  # an open socket would block the context's term
@@ -423,7 +426,8 @@ class PeerEndpoint:
         if conn is None:
             if self._closed:
                 raise PeerUnavailable(f"{addr}: this endpoint is closed")
-            conn = self._connections[addr] = _Connection(self._ctx, addr)
+            give_up_ms = max(1, int(self.timeout * 1000))
+            conn = self._connections[addr] = _Connection(self._ctx, addr, give_up_ms)
         request_id = next(self._ids)
         frames = encode(message, request_id)
         loop = conn.loop

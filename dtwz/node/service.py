@@ -260,7 +260,10 @@ class ObjectService:
                 break
             except PeerUnavailable as exc:
                 if attempt:
-                    raise HomeUnreachable(f"home {home} of the objects did not answer") from exc
+                    raise HomeUnreachable(
+                        f"home {home} of the objects did not answer: the outcome is unknown; "
+                        "retry with the same transaction ID to apply it at most once"
+                    ) from exc
         assert isinstance(reply, TransactResult)
         for ov in reply.versions:
             self.copies.invalidate(ov.object_id, ov.version)
