@@ -22,7 +22,7 @@ import contextlib
 import json
 import re
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -436,16 +436,27 @@ def get(
         _check_range(header, offset, length, "--offset", "--length")
         data = tx.read(oid, offset, length)
     doc: dict[str, Any] = {"object_id": str(oid), "offset": offset, "length": length}
+    emit_bytes(cfg.emit, cfg.json or as_json, doc, data, out, encoding)
+
+
+def emit_bytes(
+    emit: Callable[[bool, dict[str, Any], str], None],
+    as_json: bool,
+    doc: dict[str, Any],
+    data: bytes,
+    out: Path | None,
+    encoding: str,
+) -> None:
+    """What `get` prints: raw bytes on stdout, a file, or JSON with the bytes encoded."""
     if out is not None:
         out.write_bytes(data)
-        cfg.emit(as_json, doc | {"out": str(out)}, f"wrote {length} bytes to {out}")
-    elif cfg.json or as_json:
+        emit(as_json, doc | {"out": str(out)}, f"wrote {len(data)} bytes to {out}")
+    elif as_json:
         text = base64.b64encode(data).decode() if encoding == "base64" else data.hex()
-        cfg.emit(True, doc | {"encoding": encoding, "data": text}, "")
+        emit(True, doc | {"encoding": encoding, "data": text}, "")
     else:
-        stdout = sys.stdout.buffer
-        stdout.write(data)
-        stdout.flush()
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
 
 
 def _fot_row(store: Store, oid: ObjectId, index: int) -> dict[str, Any]:

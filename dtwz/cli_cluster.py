@@ -32,7 +32,6 @@ them). This module registers its groups on ``dtwz.cli.cli`` when imported.
 from __future__ import annotations
 
 import asyncio
-import base64
 import dataclasses
 import logging
 import os
@@ -57,6 +56,7 @@ from dtwz.cli import (
     _prot_text,
     _read_data,
     cli,
+    emit_bytes,
     json_option,
     pass_config,
 )
@@ -440,15 +440,7 @@ def remote_get(
         oid = client.resolve(oid)
         data = client.read(oid, offset, length, latest=latest)
     doc: dict[str, Any] = {"object_id": str(oid), "offset": offset, "length": len(data)}
-    if out is not None:
-        out.write_bytes(data)
-        rc.emit(as_json, doc | {"out": str(out)}, f"wrote {len(data)} bytes to {out}")
-    elif rc.json or as_json:
-        text = base64.b64encode(data).decode() if encoding == "base64" else data.hex()
-        rc.emit(True, doc | {"encoding": encoding, "data": text}, "")
-    else:
-        sys.stdout.buffer.write(data)
-        sys.stdout.buffer.flush()
+    emit_bytes(rc.emit, rc.json or as_json, doc, data, out, encoding)
 
 
 def _info_doc(info: dict[str, Any]) -> dict[str, Any]:
