@@ -28,16 +28,23 @@ so callers never have to know which library sat underneath::
     │   ├── DirectoryNotEmpty       removing a directory that still has entries
     │   ├── SymlinkLoop             too many symbolic links on one path (a loop)
     │   └── InvalidName             a malformed or overlong name or path
-    └── ClusterError                a request that needs another node failed
-        ├── PeerUnavailable         a peer did not answer within the timeout
-        ├── HomeUnreachable         the object's home node is dead or cut off
-        └── StaleLocation           a location record was older than the truth; retried
+    ├── ClusterError                a request that needs another node failed
+    │   ├── PeerUnavailable         a peer did not answer within the timeout
+    │   ├── HomeUnreachable         the object's home node is dead or cut off
+    │   ├── StaleLocation           a location record was older than the truth; retried
+    │   │   └── ObjectMoved         the object migrated: its new home is in the text
+    │   └── MigrationError          a migration could not be carried out
+    └── GraphError                  the object-graph service could not do what was asked
+        └── CodeError               a code object is malformed or its function failed
+            └── CodeTimeout         the function ran past its time limit and was stopped
 
 ``InvalidArgument`` (also a ``ValueError``) covers bad sizes, offsets and flags
 given by a caller; ``InvalidName`` is one too, so a bad path is a usage error.
 """
 
 from __future__ import annotations
+
+import re
 
 
 class DtwzError(Exception):
@@ -154,3 +161,33 @@ class HomeUnreachable(ClusterError):
 
 class StaleLocation(ClusterError):
     """A location record turned out older than the truth."""
+
+
+class ObjectMoved(StaleLocation):
+    """The object's home moved (migration). Only type and text cross the wire, so
+    the text always ends ``moved to node NODE (epoch N)``: see ``moved_to``."""
+
+
+class MigrationError(ClusterError):
+    """A migration could not be carried out (the object stays at its old home)."""
+
+
+class GraphError(DtwzError):
+    """The object-graph service could not do what was asked."""
+
+
+class CodeError(GraphError):
+    """A code object is malformed, or its function raised or could not run."""
+
+
+class CodeTimeout(CodeError):
+    """A code object's function ran past its time limit and was stopped."""
+
+
+_MOVED = re.compile(r"moved to node (\S+) \(epoch (\d+)\)")
+
+
+def moved_to(exc: ObjectMoved) -> tuple[str, int] | None:
+    """(new home, epoch) named by an ``ObjectMoved`` error, if its text says so."""
+    match = _MOVED.search(str(exc))
+    return (match.group(1), int(match.group(2))) if match else None
