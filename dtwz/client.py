@@ -37,9 +37,9 @@ import http.client
 import json
 import os
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlencode, urlsplit
 
 from dtwz import errors
@@ -50,9 +50,11 @@ from dtwz.errors import (
     InvalidArgument,
     NamespaceError,
     PeerUnavailable,
+    ProtocolError,
     TransactionConflict,
     UnresolvedName,
 )
+from dtwz.graph import remote, stream
 from dtwz.ids import ObjectId
 from dtwz.layout import DATA_START, HEADER_RECORD_SIZE, ObjectHeader
 from dtwz.node.copies import CopyCache
@@ -60,6 +62,9 @@ from dtwz.node.objects import NameResolver, StoredObject
 from dtwz.node.transaction import DEFAULT_OBJECT_SIZE
 from dtwz.resolver.names import is_name, split_path
 from dtwz.views import Layout
+
+if TYPE_CHECKING:
+    import networkx as nx
 
 __all__ = [
     "Binding",
@@ -191,15 +196,6 @@ class _Response:
             raise ClusterError(f"node answered with a body that is not JSON: {exc}") from exc
 
 
-class _ClientCopies(CopyCache):
-    """The node's copy cache, plus dropping a copy on request (``refresh``)."""
-
-    def discard(self, oid: ObjectId) -> bool:
-        present = oid in self._copies
-        self._drop(oid)
-        return present
-
-
 @dataclass
 class _Pool:
     """Idle keep-alive connections to one node; one request per connection at a time."""
@@ -257,7 +253,7 @@ class Client:
         # late-bound pointers in copies resolve through the node, at every dereference
         self.name_resolver: NameResolver | None = name_resolver or self._resolve_pointer_name
         self._pool = _Pool(parts.scheme, parts.hostname, port, timeout)
-        self._copies = _ClientCopies(self, cache_bytes)
+        self._copies = CopyCache(self, cache_bytes)
         self._copies_lock = threading.RLock()
 
     def close(self) -> None:
@@ -514,13 +510,28 @@ class Client:
         """A read-only typed view; its Pointer fields fetch their targets on demand."""
         return layout._at(self.get(oid, latest=latest), offset)  # type: ignore[no-any-return]
 
+    def get_linked(self, oid: ObjectId, source: ObjectId) -> StoredObject:
+        """``get`` for a pointer followed out of ``source``: a fetch says where it came
+        from, so the nodes can count how often each edge crosses (co-location)."""
+        with self._copies_lock:
+            copy = self._copies.get(oid)
+        if copy is not None:
+            return copy.obj
+        obj = self._fetch_copy(oid, False, via=source)
+        return obj if obj is not None else self.get(oid, latest=True)
+
     def follow(self, oid: ObjectRef, at: int) -> tuple[StoredObject, int]:
         """Dereference the pointer stored at ``oid + at``: (target copy, offset)."""
         obj = self.get(oid)
         return obj.follow(obj.read_u64(at))
 
-    def _fetch_copy(self, oid: ObjectId, latest: bool) -> StoredObject | None:
-        response = self._call("GET", f"/objects/{oid.hex()}/image", {"latest": _bit(latest)})
+    def _fetch_copy(
+        self, oid: ObjectId, latest: bool, via: ObjectId | None = None
+    ) -> StoredObject | None:
+        query: dict[str, Any] = {"latest": _bit(latest)}
+        if via is not None:
+            query["via"] = via.hex()
+        response = self._call("GET", f"/objects/{oid.hex()}/image", query)
         try:
             version = int(response.headers["x-dtwz-version"])
             data_len = int(response.headers["x-dtwz-data-len"])
@@ -531,22 +542,88 @@ class Client:
         body = memoryview(response.body)
         if min(data_len, fot_len) < 0 or len(body) != HEADER_RECORD_SIZE + data_len + fot_len:
             raise CorruptObject(f"image of {oid.hex()} from {self.url}: lengths do not add up")
-        record = bytes(body[:HEADER_RECORD_SIZE])
-        header = ObjectHeader.decode(record)  # checks the ID against the metadata
+        record = body[:HEADER_RECORD_SIZE]
+        data = body[HEADER_RECORD_SIZE : HEADER_RECORD_SIZE + data_len]
+        fot = body[HEADER_RECORD_SIZE + data_len :]
+        if not self._install(record, version, home, data, fot, oid):
+            return None
+        return self._copies.peek(oid).obj  # type: ignore[union-attr]
+
+    def _install(
+        self,
+        record: bytes | memoryview,
+        version: int,
+        home: str,
+        data: bytes | memoryview,
+        fot: bytes | memoryview,
+        oid: ObjectId,
+    ) -> bool:
+        """Keep a served image as a copy after checking it is the object asked for;
+        False if this client already saw a newer version."""
+        header = ObjectHeader.decode(bytes(record))  # checks the ID against the metadata
         if header.object_id != oid:
             raise CorruptObject(
                 f"{self.url} served object {header.object_id.hex()} when asked for {oid.hex()}"
             )
-        data = body[HEADER_RECORD_SIZE : HEADER_RECORD_SIZE + data_len]
-        fot = body[HEADER_RECORD_SIZE + data_len :]
         with self._copies_lock:
-            copy = self._copies.install(record, version, home, data, fot)
-        return None if copy is None else copy.obj
+            return self._copies.install(bytes(record), version, home, data, fot) is not None
 
     def _saw_version(self, oid: ObjectId, version: int) -> None:
         """This client committed ``version``: older copies must not be served again."""
         with self._copies_lock:
             self._copies.invalidate(oid, version)
+
+    # -- the object graph (dtwz.graph.remote) -------------------------------------------
+
+    def walk(
+        self, root: ObjectRef, *, depth: int | None = None, budget: int | None = None,
+        uses: bool = True,
+    ) -> nx.DiGraph[str]:  # fmt: skip
+        """The graph reachable from ``root`` (docs/GRAPH.md), walked by the nodes that
+        hold it."""
+        return remote.walk(self, root, depth=depth, budget=budget, uses=uses)
+
+    def graph_view(
+        self, root: ObjectRef, fmt: str = "html", *, depth: int | None = None,
+        budget: int | None = None,
+    ) -> str:  # fmt: skip
+        """The graph of ``root`` drawn by the node: html, svg, dot or json."""
+        return remote.view(self, root, fmt, depth=depth, budget=budget)
+
+    def prefetch(
+        self, root: ObjectRef, *, depth: int | None = None, budget: int | None = None,
+        to_client: bool = True, progress: remote.Progress | None = None,
+    ) -> remote.PrefetchResult:  # fmt: skip
+        """Bring everything reachable from ``root`` to the node (and this client)."""
+        return remote.prefetch(self, root, depth=depth, budget=budget, to_client=to_client,
+                               progress=progress)  # fmt: skip
+
+    def migrate(self, objects: Sequence[ObjectRef], to_node: str) -> dict[str, Any]:
+        """Move the objects' home to ``to_node`` (DESIGN.md §4 rules)."""
+        return remote.migrate(self, objects, to_node)
+
+    def colocate(
+        self, root: ObjectRef, *, depth: int | None = None, budget: int | None = None,
+        capacity: int | None = None, dry_run: bool = False,
+    ) -> dict[str, Any]:  # fmt: skip
+        """Re-home the objects reachable from ``root`` so that fewer pointers cross nodes."""
+        return remote.colocate(self, root, depth=depth, budget=budget, capacity=capacity,
+                               dry_run=dry_run)  # fmt: skip
+
+    def put_code(
+        self, function: Callable[..., Any] | str, entry: str | None = None, *,
+        node: str | None = None,
+    ) -> ObjectId:  # fmt: skip
+        """Store a function as a code object (see ``run``)."""
+        return remote.put_code(self, function, entry, node=node)
+
+    def run(
+        self, code: ObjectRef, root: ObjectRef, *args: Any, where: str = "auto",
+        timeout: float = 60.0,
+    ) -> dict[str, Any]:  # fmt: skip
+        """Run a code object's function ``fn(api, root, *args)`` where fewer bytes move;
+        the report holds ``result``, ``ran_at``, ``choice`` and the byte estimates."""
+        return remote.run(self, code, root, *args, where=where, timeout=timeout)
 
     # -- transport ---------------------------------------------------------------------
 
@@ -565,6 +642,7 @@ class Client:
         *,
         headers: Mapping[str, str] | None = None,
         check: bool = True,
+        timeout: float | None = None,
     ) -> _Response:
         target = f"{path}?{urlencode(query)}" if query else path
         all_headers = {"Content-Type": "application/octet-stream", **(headers or {})}
@@ -573,6 +651,7 @@ class Client:
         stale_allowed = True
         while True:
             conn, reused = self._pool.take()
+            _set_timeout(conn, timeout or self.timeout)
             try:
                 conn.request(method, target, body=body, headers=all_headers)
                 raw = conn.getresponse()
@@ -599,6 +678,45 @@ class Client:
             raise _error_from(response, self.url)
         return response
 
+    def _mutate_json(
+        self, method: str, path: str, doc: Any, *, timeout: float | None = None
+    ) -> Any:
+        headers = {"X-Dtwz-Txn": os.urandom(16).hex(), "Content-Type": "application/json"}
+        return self._call(method, path, None, _json(doc), headers=headers,
+                          timeout=timeout).json()  # fmt: skip
+
+    def _stream(
+        self, method: str, path: str, query: Mapping[str, Any]
+    ) -> Iterator[tuple[int, memoryview]]:
+        """The frames of a streamed answer (``dtwz.graph.stream``), read as they come."""
+        conn, _ = self._pool.take()
+        _set_timeout(conn, self.timeout)
+        try:
+            conn.request(method, f"{path}?{urlencode(query)}", body=b"")
+            raw = conn.getresponse()
+            if raw.status >= 400:
+                got = {k.lower(): v for k, v in raw.getheaders()}
+                raise _error_from(_Response(raw.status, got, raw.read()), self.url)
+            while True:
+                head = raw.read(stream.FRAME.size)
+                if not head:
+                    break
+                kind, length = stream.frame_head(head)
+                payload = raw.read(length)
+                if len(payload) != length:
+                    raise ProtocolError("the stream ended inside a frame")
+                yield kind, memoryview(payload)
+        except (OSError, http.client.HTTPException) as exc:
+            conn.close()
+            raise self._unavailable(method, path, exc) from exc
+        except BaseException:
+            conn.close()
+            raise
+        if raw.will_close:
+            conn.close()
+        else:
+            self._pool.give_back(conn)
+
     def _unavailable(self, method: str, path: str, exc: BaseException) -> PeerUnavailable:
         if isinstance(exc, TimeoutError):
             why = f"no answer within {self.timeout:g}s"
@@ -608,6 +726,12 @@ class Client:
 
 
 _STALE = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError)
+
+
+def _set_timeout(conn: http.client.HTTPConnection, timeout: float) -> None:
+    conn.timeout = timeout
+    if conn.sock is not None:
+        conn.sock.settimeout(timeout)
 
 
 def _may_retry(exc: BaseException, mutation: bool) -> bool:

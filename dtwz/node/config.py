@@ -53,6 +53,13 @@ class NodeConfig:
     def http_addr(self) -> str:
         return self.advertise_url or f"http://{self.host}:{self.http_port}"
 
+    @property
+    def http_url(self) -> str:
+        """Where processes on this host reach the node's HTTP API (its code worker)."""
+        host = self.bind_host if self.bind_host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+        host = f"[{host}]" if ":" in host else host
+        return f"http://{host}:{self.http_port}"
+
     def validate(self) -> NodeConfig:
         if not self.node_id or len(self.node_id) > 64 or "/" in self.node_id:
             raise InvalidArgument(f"node_id must be 1-64 characters without '/': {self.node_id!r}")

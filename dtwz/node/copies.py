@@ -104,6 +104,12 @@ class CopyCache:
         self.stats["invalidations"] += 1
         return True
 
+    def discard(self, oid: ObjectId) -> bool:
+        """Drop the copy, if any (its object came home here, or a caller asked)."""
+        present = oid in self._copies
+        self._drop(oid)
+        return present
+
     def drop_home(self, home: str) -> int:
         """Forget every copy served by a node that died (it may come back changed)."""
         gone = [oid for oid, c in self._copies.items() if c.home == home]

@@ -29,6 +29,7 @@ Routes::
     POST /names/unbind   {"path"}
 
 Name changes take the ``X-Dtwz-Txn`` header as their transaction ID, like writes.
+The graph routes (``/graph/...``, ``/code/run``) are in ``dtwz.node.http_graph``.
 """
 
 from __future__ import annotations
@@ -65,7 +66,8 @@ _STATUS = {
     "HomeUnreachable": 503, "PeerUnavailable": 503, "ClusterError": 503, "StaleLocation": 503,
     "CorruptObject": 500, "UnresolvedName": 404, "NamespaceError": 409, "NameNotFound": 404,
     "NameExists": 409, "NotADirectory": 409, "DirectoryNotEmpty": 409, "SymlinkLoop": 400,
-    "InvalidName": 400,
+    "InvalidName": 400, "ObjectMoved": 503, "MigrationError": 409, "GraphError": 400,
+    "CodeError": 422, "CodeTimeout": 504,
 }  # fmt: skip
 _OP_KINDS = {"write": OP_WRITE, "append": OP_APPEND, "pointer": OP_POINTER, "alloc": OP_ALLOC,
              "name_pointer": OP_NAME_POINTER}  # fmt: skip
@@ -177,6 +179,9 @@ def build_app(node: Node) -> web.Application:
     app.router.add_get("/names/resolve", names_resolve)
     app.router.add_get("/names/list", names_list)
     app.router.add_post("/names/{action}", names_change)
+    from dtwz.node import http_graph  # its handlers use this module's helpers
+
+    http_graph.add_routes(app)
     return app
 
 
@@ -293,7 +298,14 @@ async def image(request: web.Request) -> web.Response:
     """Everything a client needs to build its own copy: header record, data, FOT."""
     node = _node(request)
     assert node.service is not None
-    obj, _, home = await node.service.open_whole(_oid(request), latest=_flag(request, "latest"))
+    oid = _oid(request)
+    if "via" in request.query:  # a client followed a pointer to here (edge use counts)
+        try:
+            via = ObjectId.parse(request.query["via"])
+        except DtwzError as exc:
+            raise InvalidArgument(f"via: {exc}") from exc
+        node.service.note_edge(via, oid)
+    obj, _, home = await node.service.open_whole(oid, latest=_flag(request, "latest"))
     for _ in range(100):  # the layout must come from the same commit as the bytes
         header = ObjectHeader.decode(obj.view[:HEADER_RECORD_SIZE], check_id=False)
         header_raw, data, fot = obj.snapshot(

@@ -199,7 +199,8 @@ class StoredObject:
             # late binding: never cached here, the resolver owns name caching
             return self._store.get(resolver(name, self.object_id))
         assert entry.target is not None
-        target = self._store.get(entry.target)
+        linked = getattr(self._store, "get_linked", None)  # a client: counts edge uses
+        target = linked(entry.target, self.object_id) if linked else self._store.get(entry.target)
         targets = self._fot_targets
         if len(targets) <= index:
             targets.extend([None] * (index + 1 - len(targets)))

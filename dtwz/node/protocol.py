@@ -336,6 +336,187 @@ class DirResult(Message):
     versions: list[ObjectVersion]
 
 
+@dataclass(frozen=True, slots=True)
+class ObjectImage(Struct):
+    """Everything a node needs to hold an object: its header record, data and FOT,
+    all from one commit (``version``)."""
+
+    object_id: ObjectId
+    version: U64
+    header: bytes
+    data: Blob = field(default=b"")
+    fot: Blob = field(default=b"")
+
+
+@dataclass(frozen=True, slots=True)
+class FetchMany(Message):
+    """Whole images of several objects homed at the receiver, in one round trip
+    (reply: ``ObjectBatch``). With ``register_copy`` the requester is remembered as
+    holding copies, as for ``Fetch``. Objects the receiver does not home are listed
+    in the reply's ``missing``."""
+
+    OP = 32
+    object_ids: list[ObjectId]
+    register_copy: bool
+    requester: str
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectBatch(Message):
+    OP = 33
+    images: list[ObjectImage]
+    missing: list[ObjectId] = field(default_factory=list)
+
+
+# -- the object graph ------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class WalkStart(Struct):
+    """An object to expand, and its distance from the walk's root."""
+
+    object_id: ObjectId
+    depth: U32
+
+
+@dataclass(frozen=True, slots=True)
+class GraphObject(Struct):
+    """One object as a walk saw it at its home (docs/GRAPH.md, node attributes)."""
+
+    object_id: ObjectId
+    home: str
+    max_size: U64
+    data_len: U64
+    fot_count: U32
+    version: U64
+    flags: U16
+    depth: U32
+    copies: list[str]
+    directory: bool = False  # a directory of the namespace: never migrated
+
+
+@dataclass(frozen=True, slots=True)
+class GraphEdge(Struct):
+    """One FOT entry of a walked object. ``target`` is zero when a name entry did
+    not resolve (``error`` says why)."""
+
+    source: ObjectId
+    target: ObjectId
+    fot_index: U32
+    flags: U8
+    name: str = ""
+    error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class GraphExpand(Message):
+    """Expand objects homed at the receiver (reply: ``GraphPart``).
+
+    The receiver walks on from ``starts`` through every object it homes, to
+    ``max_depth`` and about ``budget`` bytes, and hands back what it saw plus the
+    frontier: targets homed elsewhere. ``walk_id`` lets it skip objects it already
+    expanded for the same walk.
+    """
+
+    OP = 60
+    walk_id: bytes
+    starts: list[WalkStart]
+    max_depth: U32
+    budget: U64
+
+
+@dataclass(frozen=True, slots=True)
+class GraphPart(Message):
+    OP = 61
+    objects: list[GraphObject]
+    edges: list[GraphEdge]
+    frontier: list[WalkStart]
+    truncated: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class EdgeUse(Struct):
+    source: ObjectId
+    target: ObjectId
+    count: U64
+
+
+@dataclass(frozen=True, slots=True)
+class EdgeUses(Message):
+    """Ask a node how often it dereferenced pointers from ``sources`` to objects
+    homed elsewhere (reply: ``EdgeCounts``)."""
+
+    OP = 62
+    sources: list[ObjectId]
+
+
+@dataclass(frozen=True, slots=True)
+class EdgeCounts(Message):
+    OP = 63
+    counts: list[EdgeUse]
+
+
+@dataclass(frozen=True, slots=True)
+class AppliedTxn(Struct):
+    """A transaction already applied to a migrating object, and the reply it got,
+    so that a retry reaching the new home is answered, not applied again."""
+
+    txn_id: bytes
+    results: list[U64]
+    versions: list[ObjectVersion]
+
+
+@dataclass(frozen=True, slots=True)
+class Migrate(Message):
+    """Ask the home of ``object_ids`` to move them to ``to_node`` (reply: ``Migrated``)."""
+
+    OP = 70
+    txn_id: bytes
+    object_ids: list[ObjectId]
+    to_node: str
+
+
+@dataclass(frozen=True, slots=True)
+class Migrated(Message):
+    OP = 71
+    versions: list[ObjectVersion]
+    epoch: U64
+
+
+@dataclass(frozen=True, slots=True)
+class MigrateIn(Message):
+    """The old home ships objects to their new home (reply: ``Ack``): their images,
+    the directory epoch the new home publishes them under, the nodes holding copies
+    (to invalidate on the next commit) and the transactions already applied."""
+
+    OP = 72
+    txn_id: bytes
+    epoch: U64
+    images: list[ObjectImage]
+    holders: list[str]
+    applied: list[AppliedTxn]
+
+
+@dataclass(frozen=True, slots=True)
+class RunCode(Message):
+    """Run the function of code object ``code_id`` against ``root`` here (reply:
+    ``CodeResult``). ``args`` and the result are JSON text."""
+
+    OP = 80
+    code_id: ObjectId
+    root: ObjectId
+    args: bytes
+    timeout_ms: U32
+
+
+@dataclass(frozen=True, slots=True)
+class CodeResult(Message):
+    OP = 81
+    result: bytes
+    stats: bytes
+    elapsed_us: U64
+
+
 # -- codec ----------------------------------------------------------------------
 
 _U8, _U16, _U32 = struct.Struct("<B"), struct.Struct("<H"), struct.Struct("<I")

@@ -35,15 +35,23 @@ from collections import defaultdict
 from typing import Any
 
 from dtwz.errors import DtwzError, HomeUnreachable, ObjectNotFound, PeerUnavailable
+from dtwz.graph.agent import GraphAgent
+from dtwz.graph.execute import CodeExecutor
+from dtwz.graph.runner import CodeRunner
 from dtwz.ids import ObjectId
+from dtwz.layout import DATA_START
 from dtwz.node.config import NodeConfig
+from dtwz.node.migration import Migrations
 from dtwz.node.peer import PeerEndpoint
 from dtwz.node.protocol import (
     Ack,
     Create,
     DirOp,
+    EdgeUses,
     ErrorReply,
     Fetch,
+    FetchMany,
+    GraphExpand,
     Heartbeat,
     HomeRecord,
     Invalidate,
@@ -54,13 +62,18 @@ from dtwz.node.protocol import (
     MemberInfo,
     Members,
     Message,
+    Migrate,
+    Migrated,
+    MigrateIn,
     ObjectData,
     Ping,
     Publish,
+    RunCode,
     Transact,
 )
 from dtwz.node.service import ObjectService
 from dtwz.node.store import Store
+from dtwz.resolver.directories import DIRECTORY_MAGIC
 from dtwz.resolver.directory import DirectoryShard, LocationCache, rendezvous_owners
 from dtwz.resolver.membership import (
     MemberDied,
@@ -89,6 +102,9 @@ class Node:
         self.store: Store | None = None
         self.service: ObjectService | None = None
         self.names: Namespace | None = None
+        self.migrations: Migrations | None = None
+        self.graph: GraphAgent | None = None
+        self.code: CodeExecutor | None = None
         self.peer = PeerEndpoint(
             f"tcp://{config.bind_host}:{config.peer_port}",
             self._dispatch,
@@ -122,7 +138,12 @@ class Node:
         self.names = Namespace(self, self.service, cluster_id=c.cluster_id, seeds=c.seeds,
                                peer_addr=c.peer_addr)  # fmt: skip
         self.names.startup()  # the root, if it is ours to create
+        self.migrations = Migrations(data, self.service, self)
+        self.graph = GraphAgent(self, self.service, self.names)
+        runner = CodeRunner(data / "store", self.config.http_url)
+        self.code = CodeExecutor(self, self.service, self.graph, runner)
         await self.peer.start()
+        self.migrations.resume()  # moves a crash interrupted
         from dtwz.node.http import start_http  # the one module that builds the aiohttp app
 
         self._http_runner = await start_http(self)
@@ -150,6 +171,10 @@ class Node:
         await asyncio.gather(
             *(self._quiet(self.request(n, goodbye, 0.5)) for n in self._peers()),
         )
+        if self.migrations is not None:
+            await self.migrations.close()
+        if self.code is not None:
+            await self.code.close()
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
@@ -212,12 +237,33 @@ class Node:
                 assert self.names is not None
                 return await self.names.on_dir_op(m)
             case Locate():
-                if service.is_home(m.object_id):  # the home knows best: version and copies
-                    version = service.store.get(m.object_id).header().version
-                    copies = sorted(service.holders.get(m.object_id, ()))
-                    return Location(True, HomeRecord(m.object_id, self.node_id, version, 1), copies)
-                record = self.shard.get(m.object_id)
+                oid = m.object_id
+                if service.is_home(oid):  # the home knows best: version and copies
+                    version = service.store.get(oid).header().version
+                    copies = sorted(service.holders.get(oid, ()))
+                    here = HomeRecord(oid, self.node_id, version, service.epoch_of(oid))
+                    return Location(True, here, copies)
+                record = self.shard.get(oid)
+                forward = service.forwarding(oid)
+                if forward is not None and (record is None or record.epoch < forward[1]):
+                    record = HomeRecord(oid, forward[0], 0, forward[1])  # it moved from here
                 return Location(record is not None, record or _NO_RECORD)
+            case FetchMany():
+                return await service.on_fetch_many(m)
+            case GraphExpand():
+                assert self.graph is not None
+                return await self.graph.on_expand(m)
+            case EdgeUses():
+                assert self.graph is not None
+                return await self.graph.on_edge_uses(m)
+            case Migrate():
+                return await self.migrate(m)
+            case RunCode():
+                assert self.code is not None
+                return await self.code.on_run_code(m)
+            case MigrateIn():
+                assert self.migrations is not None
+                return await self.migrations.on_migrate_in(m)
             case Publish():
                 return Ack(sum(self.shard.put(r) for r in m.records))
             case Heartbeat():
@@ -322,7 +368,30 @@ class Node:
     def _local_record(self, oid: ObjectId) -> HomeRecord | None:
         if self.service is None or not self.service.is_home(oid):
             return None
-        return HomeRecord(oid, self.node_id, 0, 1)
+        return HomeRecord(oid, self.node_id, 0, self.service.epoch_of(oid))
+
+    def learn_location(self, record: HomeRecord) -> None:
+        """A home said where an object went (a migration): cache it (higher epoch wins)."""
+        self.locations.put(record)
+
+    async def migrate(self, m: Migrate) -> Migrated:
+        """Move objects homed here to another node (``dtwz.node.migration``)."""
+        assert self.migrations is not None
+        return await self.migrations.migrate(m.object_ids, m.to_node, m.txn_id)
+
+    def alive_ids(self) -> list[str]:
+        return self.membership.alive_ids()
+
+    def is_alive(self, node_id: str) -> bool:
+        return self._is_alive(node_id)
+
+    def pinned(self, oid: ObjectId) -> bool:
+        """Objects that never migrate: directories keep the namespace's homing rules."""
+        assert self.service is not None
+        if self.names is not None and oid == self.names.root:
+            return True
+        head = self.service.store.get(oid).read(DATA_START, len(DIRECTORY_MAGIC))
+        return bytes(head) == DIRECTORY_MAGIC
 
     def _owners(self, oid: bytes) -> list[str]:
         return rendezvous_owners(oid, self.membership.alive_ids(), self.config.directory_copies)
@@ -431,8 +500,9 @@ class Node:
         by_owner: dict[str, list[HomeRecord]] = defaultdict(list)
         count = 0
         self.stats["republish_members"] = len(self.membership.alive_ids())
+        assert self.service is not None
         for oid in self.store.object_ids():
-            record = HomeRecord(oid, self.node_id, 0, 1)
+            record = HomeRecord(oid, self.node_id, 0, self.service.epoch_of(oid))
             for owner in self._owners(oid):
                 by_owner[owner].append(record)
             count += 1
@@ -485,6 +555,9 @@ class Node:
             "peer": dict(self.peer.stats),
             "node": dict(self.stats),
             "names": self.names.status() if self.names is not None else {},
+            "graph": dict(self.graph.stats) if self.graph is not None else {},
+            "code": dict(self.code.stats) if self.code is not None else {},
+            "migrations": dict(self.migrations.stats) if self.migrations is not None else {},
             "root": self.names.root.hex() if self.names is not None else None,
         }
 

@@ -38,10 +38,13 @@ from dtwz.errors import (
     DtwzError,
     HomeUnreachable,
     InvalidArgument,
+    ObjectMoved,
     ObjectNotFound,
     PeerUnavailable,
     PointerOutOfBounds,
+    StaleLocation,
     TransactionConflict,
+    moved_to,
 )
 from dtwz.ids import ObjectId
 from dtwz.layout import DATA_START, HEADER_RECORD_SIZE, ObjectHeader
@@ -52,10 +55,13 @@ from dtwz.node.protocol import (
     Create,
     Created,
     Fetch,
+    FetchMany,
     HomeRecord,
     Invalidate,
     Message,
+    ObjectBatch,
     ObjectData,
+    ObjectImage,
     ObjectVersion,
     Transact,
     TransactResult,
@@ -70,6 +76,8 @@ log = logging.getLogger(__name__)
 CHUNK = 1 << 20
 WINDOW = 4
 WHOLE_COPY_MAX = 16 << 20  # data bytes: larger remote objects are read by range
+FREEZE_WAIT = 30.0  # seconds a write waits for a migration of its object to finish
+EDGE_USES_MAX = 200_000  # (source, target) pairs counted; the rarest go when full
 OP_WRITE, OP_APPEND, OP_POINTER, OP_ALLOC, OP_NAME_POINTER = 1, 2, 3, 4, 5
 _T = TypeVar("_T")
 _M = TypeVar("_M", bound=Message)
@@ -88,6 +96,8 @@ class Cluster(Protocol):
 
     async def publish_created(self, record: HomeRecord) -> None: ...
 
+    def learn_location(self, record: HomeRecord) -> None: ...
+
 
 class ObjectService:
     def __init__(self, store: Store, cluster: Cluster, *, invalidate_timeout: float = 1.0) -> None:
@@ -101,9 +111,18 @@ class ObjectService:
         self._pool = ThreadPoolExecutor(8, thread_name_prefix="dtwz-commit")
         self.invalidate_timeout = invalidate_timeout
         self._large: set[bytes] = set()  # remote objects read by range, never copied whole
+        # migration: objects being shipped away (writes wait), forwarding addresses
+        # of objects that left (set by dtwz.node.migration), directory epochs
+        self.frozen: dict[bytes, asyncio.Event] = {}
+        self.forwarding: Callable[[bytes], tuple[str, int] | None] = lambda oid: None
+        self.epochs: dict[bytes, int] = {}
+        self._writing: dict[bytes, int] = {}
+        # (source, target) -> dereferences that had to fetch the target (co-location)
+        self.edge_uses: dict[tuple[bytes, bytes], int] = {}
         self.stats = {"remote_reads": 0, "local_reads": 0, "copy_reads": 0, "fetches_served": 0,
                       "transactions": 0, "duplicates": 0, "invalidations_sent": 0,
-                      "range_reads": 0}  # fmt: skip
+                      "range_reads": 0, "batch_fetches_served": 0, "prefetched": 0,
+                      "moved_redirects": 0}  # fmt: skip
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
@@ -119,6 +138,10 @@ class ObjectService:
 
     def is_home(self, oid: ObjectId) -> bool:
         return self.store.exists(oid)
+
+    def epoch_of(self, oid: bytes) -> int:
+        """The directory epoch of an object homed here (1 unless it migrated in)."""
+        return self.epochs.get(oid, 1)
 
     # -- client-facing operations ------------------------------------------------------
 
@@ -175,10 +198,24 @@ class ObjectService:
                 if layout.version == copy.version:
                     return copy.obj, copy.version, copy.home
             return await self._fetch_copy(record.home, oid, whole_limit)
-        except ObjectNotFound:
-            # the home no longer has it: the location was stale; ask the directory again
-            record = await self.cluster.locate(oid, refresh=True)
+        except (ObjectNotFound, StaleLocation) as exc:
+            # the home no longer has it (the location was stale, or it migrated)
+            record = await self._relocate(oid, exc)
+            if record.home == self.cluster.node_id:
+                obj = self.store.get(oid)
+                return obj, obj.header().version, self.cluster.node_id
             return await self._fetch_copy(record.home, oid, whole_limit)
+
+    async def _relocate(self, oid: ObjectId, exc: Exception) -> HomeRecord:
+        """Where ``oid`` lives after a home said it does not: the forwarding address
+        an ``ObjectMoved`` carries, else a fresh directory lookup."""
+        moved = moved_to(exc) if isinstance(exc, ObjectMoved) else None
+        if moved is None:
+            return await self.cluster.locate(oid, refresh=True)
+        self.stats["moved_redirects"] += 1
+        record = HomeRecord(oid, moved[0], 0, moved[1])
+        self.cluster.learn_location(record)
+        return record
 
     async def open_whole(
         self, oid: ObjectId, *, latest: bool = False
@@ -243,6 +280,22 @@ class ObjectService:
             raise InvalidArgument("a transaction needs at least one operation")
         txn_id = txn_id or os.urandom(16)
         oids = {op.object_id for op in ops}
+        for redirects in range(4):  # a home that moved the objects says where they went
+            try:
+                reply = await self._transact_once(ops, oids, txn_id)
+                break
+            except StaleLocation as exc:
+                if redirects == 3:
+                    raise
+                for oid in oids:
+                    await self._relocate(oid, exc)
+        for ov in reply.versions:
+            self.copies.invalidate(ov.object_id, ov.version)
+        return reply
+
+    async def _transact_once(
+        self, ops: Sequence[TxOp], oids: set[ObjectId], txn_id: bytes
+    ) -> TransactResult:
         if all(self.is_home(oid) for oid in oids):
             return await self.run_local(ops, txn_id)
         homes = {(await self.cluster.locate(oid)).home for oid in oids}
@@ -258,6 +311,8 @@ class ObjectService:
             try:
                 reply = await self.cluster.request(home, message)
                 break
+            except ObjectNotFound as exc:  # not (or no longer) there: a stale location
+                raise StaleLocation(f"node {home} does not home these objects: {exc}") from exc
             except PeerUnavailable as exc:
                 if attempt:
                     raise HomeUnreachable(
@@ -265,8 +320,6 @@ class ObjectService:
                         "retry with the same transaction ID to apply it at most once"
                     ) from exc
         assert isinstance(reply, TransactResult)
-        for ov in reply.versions:
-            self.copies.invalidate(ov.object_id, ov.version)
         return reply
 
     async def run_local(self, ops: Sequence[TxOp], txn_id: bytes) -> TransactResult:
@@ -275,10 +328,79 @@ class ObjectService:
         return await self._once(txn_id, lambda: self._run_and_invalidate(ops))
 
     async def _run_and_invalidate(self, ops: Sequence[TxOp]) -> TransactResult:
-        result = await self._in_thread(lambda: self._run_ops(ops))
+        oids = {op.object_id for op in ops}
+        await self._admit_writes(oids)
+        try:
+            result = await self._in_thread(lambda: self._run_ops(ops))
+        finally:
+            self._done_writing(oids)
         self.stats["transactions"] += 1
         await self._invalidate_copies(result.versions)
         return result
+
+    async def _admit_writes(self, oids: set[ObjectId]) -> None:
+        """Let a write of ``oids`` run here: wait while a migration ships any of them,
+        refuse (``ObjectMoved``) once one has left, count it as in flight."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + FREEZE_WAIT
+        while waits := [self.frozen[o] for o in oids if o in self.frozen]:
+            left = deadline - loop.time()
+            if left <= 0:
+                raise TransactionConflict("objects stayed frozen by a migration; retry later")
+            await asyncio.wait_for(asyncio.gather(*(w.wait() for w in waits)), left)
+        for oid in oids:
+            self.check_here(oid)
+        for oid in oids:
+            self._writing[oid] = self._writing.get(oid, 0) + 1
+
+    def _done_writing(self, oids: set[ObjectId]) -> None:
+        for oid in oids:
+            left = self._writing.pop(oid, 1) - 1
+            if left:
+                self._writing[oid] = left
+
+    def writes_in_flight(self, oids: Sequence[bytes]) -> int:
+        return sum(self._writing.get(o, 0) for o in oids)
+
+    def check_here(self, oid: ObjectId) -> None:
+        """``ObjectMoved`` if the object left this node, ``ObjectNotFound`` if absent."""
+        if self.is_home(oid):
+            return
+        forward = self.forwarding(oid)
+        if forward is not None:
+            raise ObjectMoved(
+                f"object {oid.hex()} moved to node {forward[0]} (epoch {forward[1]})"
+            )
+        raise ObjectNotFound(f"object {oid.hex()} is not homed on {self.cluster.node_id}")
+
+    async def once(self, txn_id: bytes, run: Callable[[], Awaitable[_M]]) -> _M:
+        """Run ``run`` once per ``txn_id`` (see ``run_local``)."""
+        return await self._once(txn_id, run)
+
+    def applied_items(self) -> list[tuple[bytes, asyncio.Future[Message]]]:
+        return list(self._applied.items())
+
+    def remember_applied(self, txn_id: bytes, result: Message) -> None:
+        """A transaction applied elsewhere (before its objects migrated here): a retry
+        of it is answered with ``result``, not applied again."""
+        if txn_id in self._applied:
+            return
+        future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        future.set_result(result)
+        self._applied[txn_id] = future
+
+    async def run_in_thread(self, fn: Callable[[], _T]) -> _T:
+        return await self._in_thread(fn)
+
+    async def delete_local(self, oids: Sequence[ObjectId]) -> None:
+        """Delete objects homed here (they migrated away), in one transaction."""
+
+        def delete() -> None:
+            with self.store.transaction() as tx:
+                for oid in oids:
+                    tx.delete(oid)
+
+        await self._in_thread(delete)
 
     async def _once(self, txn_id: bytes, run: Callable[[], Awaitable[_M]]) -> _M:
         known = self._applied.get(txn_id)
@@ -431,7 +553,8 @@ class ObjectService:
     # -- peer handlers (this node as home) -------------------------------------------
 
     async def on_fetch(self, m: Fetch) -> ObjectData:
-        obj = self.store.get(m.object_id)  # ObjectNotFound: the requester's location is stale
+        self.check_here(m.object_id)  # else the requester's location is stale
+        obj = self.store.get(m.object_id)
         if m.register_copy:  # before reading: a commit after this point invalidates it
             self.holders.setdefault(m.object_id, set()).add(m.requester)
         header = ObjectHeader.decode(obj.view[:HEADER_RECORD_SIZE], check_id=False)
@@ -457,10 +580,52 @@ class ObjectService:
         )  # fmt: skip
 
     async def on_transact(self, m: Transact) -> TransactResult:
-        for oid in {op.object_id for op in m.ops}:
-            if not self.is_home(oid):
-                raise ObjectNotFound(f"object {oid.hex()} is not homed on {self.cluster.node_id}")
+        # not homed here: checked after the txn_id, so that a retry of a transaction
+        # applied before its objects migrated away gets its first answer
         return await self.run_local(m.ops, m.txn_id)
+
+    # -- batches, images and edge counts (the graph service) ---------------------------
+
+    def image(self, oid: ObjectId) -> ObjectImage:
+        """The object (local or a copy held) as header record, data and FOT, all of one
+        commit."""
+        obj = self.get(oid)
+        for _ in range(100):
+            header = ObjectHeader.decode(obj.view[:HEADER_RECORD_SIZE], check_id=False)
+            raw, data, fot = obj.snapshot(
+                [(0, HEADER_RECORD_SIZE), (DATA_START, header.data_end),
+                 (header.fot_start, header.max_size)]
+            )  # fmt: skip
+            if ObjectHeader.decode(raw, check_id=False) == header:
+                return ObjectImage(oid, header.version, raw, data, fot)
+        raise TransactionConflict(f"object {oid.hex()} kept changing while copied")
+
+    async def on_fetch_many(self, m: FetchMany) -> ObjectBatch:
+        images, missing = [], []
+        for oid in m.object_ids:
+            if not self.is_home(oid):
+                missing.append(oid)
+                continue
+            if m.register_copy:  # before reading, as for Fetch
+                self.holders.setdefault(oid, set()).add(m.requester)
+            images.append(self.image(oid))
+        self.stats["batch_fetches_served"] += 1
+        self.stats["fetches_served"] += len(images)
+        return ObjectBatch(images, missing)
+
+    def install_image(self, home: str, image: ObjectImage) -> bool:
+        """Hold a fetched image as a copy; False if an invalidation made it stale."""
+        copy = self.copies.install(image.header, image.version, home, image.data, image.fot)
+        return copy is not None
+
+    def note_edge(self, source: ObjectId, target: ObjectId) -> None:
+        """A pointer from ``source`` to ``target`` was followed and had to fetch it."""
+        uses = self.edge_uses
+        key = (bytes(source), bytes(target))
+        uses[key] = uses.get(key, 0) + 1
+        if len(uses) > EDGE_USES_MAX:  # keep the most used half
+            keep = sorted(uses.items(), key=lambda kv: kv[1], reverse=True)[: EDGE_USES_MAX // 2]
+            self.edge_uses = dict(keep)
 
     async def on_invalidate(self, m: Invalidate) -> Ack:
         return Ack(1 if self.copies.invalidate(m.object_id, m.version) else 0)

@@ -126,6 +126,27 @@ class Transaction:
         self._pending[header.object_id] = _Pending(header, None, None)
         return header.object_id
 
+    def restore(
+        self, header: ObjectHeader, data: bytes | memoryview, fot: bytes | memoryview
+    ) -> ObjectId:
+        """Recreate an object from its image (a migration's arrival): the same ID,
+        metadata, bytes and version as at its old home. ``header`` must have been
+        decoded with its ID checked; the object must not exist here yet."""
+        self._check_open()
+        oid = header.object_id
+        if oid in self._pending or self._store.exists(oid):
+            raise InvalidArgument(f"object {oid.hex()} exists already")
+        if len(data) > header.data_len or len(fot) != header.max_size - header.fot_start:
+            raise CorruptObject(f"image of {oid.hex()}: parts do not fit its layout")
+        # commit writes the header with version + 1: start one below the image's
+        pending = _Pending(header.evolve(version=max(0, header.version - 1)), None, None)
+        if len(data):
+            pending.writes.append((DATA_START, bytes(data)))
+        if len(fot):
+            pending.writes.append((header.fot_start, bytes(fot)))
+        self._pending[oid] = pending
+        return oid
+
     def lock(self, oid: ObjectId) -> ObjectHeader:
         """Lock an object for the rest of the transaction (consistent reads); its header."""
         return self._touch(oid).header

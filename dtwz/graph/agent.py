@@ -1,0 +1,482 @@
+"""The graph service as one node runs it: walk, prefetch, edge counts (DESIGN.md §5).
+
+Theory of operation
+-------------------
+- **Expand** (the holder's half of a walk): a node walks on from the objects it is
+  asked about through every object it homes, reading headers and FOT entries in
+  place (no copy), to the walk's depth and byte budget. Targets homed elsewhere
+  go back as the frontier. Name entries are resolved through the namespace, so a
+  late-bound edge leads where the name is bound now.
+- **Walk** (the coordinator's half): the node asked for a walk locates the
+  frontier, sends one ``GraphExpand`` per holder per step (all holders at once),
+  and merges the parts into a ``networkx.DiGraph`` (docs/GRAPH.md). A list homed
+  on one node is walked in one request, however long. Each object appears once:
+  holders remember what they expanded per walk, and the coordinator drops
+  repeats.
+- **Prefetch**: a walk, then the objects not held here fetched as whole images
+  in batches of ``BATCH`` (one ``FetchMany`` per holder at a time, ``WINDOW`` in
+  flight per holder), installed as registered copies.
+- **Edge uses**: every node counts the pointer dereferences that had to fetch
+  their target (``ObjectService.note_edge``); a walk with ``uses`` asks every
+  member for the counts of the walked edges, one request each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections import OrderedDict, defaultdict, deque
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+import networkx as nx
+
+from dtwz.errors import (
+    ClusterError,
+    DtwzError,
+    NamespaceError,
+    ObjectNotFound,
+    PointerError,
+    StaleLocation,
+)
+from dtwz.graph import model
+from dtwz.graph.placement import Plan, group_moves, plan_colocation
+from dtwz.ids import ZERO_ID, ObjectId
+from dtwz.layout import DATA_START, HEADER_RECORD_SIZE
+from dtwz.node.protocol import (
+    EdgeCounts,
+    EdgeUse,
+    EdgeUses,
+    FetchMany,
+    GraphEdge,
+    GraphExpand,
+    GraphObject,
+    GraphPart,
+    HomeRecord,
+    Message,
+    Migrate,
+    Migrated,
+    ObjectBatch,
+    WalkStart,
+)
+from dtwz.node.service import WHOLE_COPY_MAX, ObjectService
+from dtwz.resolver.directories import DIRECTORY_MAGIC
+from dtwz.resolver.namespace import Namespace
+
+log = logging.getLogger(__name__)
+
+NO_LIMIT = 0xFFFFFFFF  # max_depth on the wire when there is none
+BATCH = 256  # objects per FetchMany
+BATCH_BYTES = 8 << 20  # ... or about this many bytes, whichever comes first
+WINDOW = 4  # FetchMany requests in flight per holder
+WALKS_REMEMBERED = 64  # walks whose expanded objects a holder remembers
+MIGRATE_TIMEOUT = 60.0  # seconds for a home to ship a group of objects
+YIELD_EVERY = 512  # objects expanded between yields to the event loop
+
+Progress = Callable[[int, int], None]  # (objects done, bytes done)
+
+
+class GraphCluster(Protocol):
+    node_id: str
+
+    async def locate(self, oid: ObjectId, *, refresh: bool = False) -> HomeRecord: ...
+
+    async def request(
+        self, node_id: str, message: Message, timeout: float | None = None
+    ) -> Message: ...
+
+    def alive_ids(self) -> list[str]: ...
+
+    async def migrate(self, m: Migrate) -> Migrated: ...
+
+
+def image_bytes(data_len: int, fot_count: int) -> int:
+    """Bytes a whole copy of an object moves: header record, data and FOT."""
+    return HEADER_RECORD_SIZE + data_len + 32 * fot_count
+
+
+class GraphAgent:
+    def __init__(
+        self, cluster: GraphCluster, service: ObjectService, names: Namespace | None
+    ) -> None:
+        self.cluster = cluster
+        self.service = service
+        self.names = names
+        self._walks: OrderedDict[bytes, set[bytes]] = OrderedDict()
+        self.stats = {"expands_served": 0, "objects_expanded": 0, "walks": 0, "prefetches": 0}
+
+    # -- the holder's half -------------------------------------------------------------
+
+    async def on_expand(self, m: GraphExpand) -> GraphPart:
+        service = self.service
+        seen = self._walk_state(m.walk_id)
+        budget = m.budget or None
+        used = 0
+        objects: list[GraphObject] = []
+        edges: list[GraphEdge] = []
+        frontier: list[WalkStart] = []
+        truncated = False
+        queue = deque((s.object_id, s.depth) for s in m.starts)
+        while queue:
+            oid, depth = queue.popleft()
+            if oid in seen:
+                continue
+            if not service.is_home(oid):
+                frontier.append(WalkStart(oid, depth))
+                continue
+            obj = service.store.get(oid)
+            header = obj.header()
+            size = image_bytes(header.data_len, header.fot_count)
+            if budget is not None and used + size > budget and objects:
+                truncated = True
+                break
+            seen.add(oid)
+            used += size
+            copies = sorted(service.holders.get(oid, ()))
+            magic = bytes(obj.view[DATA_START : DATA_START + len(DIRECTORY_MAGIC)])
+            objects.append(GraphObject(oid, self.cluster.node_id, header.max_size,
+                                       header.data_len, header.fot_count, header.version,
+                                       int(header.flags), depth, copies,
+                                       magic == DIRECTORY_MAGIC))  # fmt: skip
+            for index in range(1, header.fot_count + 1):
+                edge = await self._edge(obj, oid, index)
+                if edge is None:
+                    continue
+                edges.append(edge)
+                if edge.target == ZERO_ID or edge.target in seen:
+                    continue
+                if m.max_depth != NO_LIMIT and depth + 1 > m.max_depth:
+                    truncated = True
+                    continue
+                queue.append((edge.target, depth + 1))
+            if len(objects) % YIELD_EVERY == 0:
+                await asyncio.sleep(0)  # keep serving others during a long walk
+        self.stats["expands_served"] += 1
+        self.stats["objects_expanded"] += len(objects)
+        return GraphPart(objects, edges, frontier, truncated)
+
+    async def _edge(self, obj: Any, oid: ObjectId, index: int) -> GraphEdge | None:
+        try:
+            entry = obj.fot_entry(index)
+        except DtwzError as exc:
+            return GraphEdge(oid, ZERO_ID, index, 0, "", f"FOT entry {index}: {exc}")
+        if not entry.is_valid:
+            return None
+        if not entry.is_name:
+            assert entry.target is not None
+            return GraphEdge(oid, entry.target, index, int(entry.flags))
+        try:
+            name = obj.entry_name(entry)
+        except DtwzError as exc:
+            return GraphEdge(oid, ZERO_ID, index, int(entry.flags), "", str(exc))
+        if self.names is None:
+            return GraphEdge(oid, ZERO_ID, index, int(entry.flags), name, "no namespace")
+        try:
+            resolved = await self.names.resolve(name)
+        except (NamespaceError, PointerError, ClusterError) as exc:
+            return GraphEdge(oid, ZERO_ID, index, int(entry.flags), name, str(exc))
+        return GraphEdge(oid, resolved.object_id, index, int(entry.flags), name)
+
+    def _walk_state(self, walk_id: bytes) -> set[bytes]:
+        seen = self._walks.get(walk_id)
+        if seen is None:
+            seen = self._walks[walk_id] = set()
+            while len(self._walks) > WALKS_REMEMBERED:
+                self._walks.popitem(last=False)
+        else:
+            self._walks.move_to_end(walk_id)
+        return seen
+
+    async def on_edge_uses(self, m: EdgeUses) -> EdgeCounts:
+        uses = self.service.edge_uses
+        if m.sources:
+            wanted = {bytes(s) for s in m.sources}
+            pairs = [(k, v) for k, v in uses.items() if k[0] in wanted]
+        else:
+            pairs = list(uses.items())
+        return EdgeCounts([EdgeUse(ObjectId(s), ObjectId(t), n) for (s, t), n in pairs])
+
+    # -- the coordinator's half ----------------------------------------------------------
+
+    async def walk(
+        self,
+        root: ObjectId,
+        *,
+        depth: int | None = None,
+        budget: int | None = None,
+        uses: bool = True,
+    ) -> nx.DiGraph[str]:
+        """The subgraph reachable from ``root`` (docs/GRAPH.md)."""
+        self.stats["walks"] += 1
+        graph = model.empty_graph(root.hex(), depth, budget)
+        walk_id = os.urandom(8)
+        frontier: dict[ObjectId, int] = {root: 0}
+        order: list[str] = []  # objects in the order walked (about breadth-first)
+        edges: list[GraphEdge] = []
+        max_depth = NO_LIMIT if depth is None else depth
+        truncated = False
+        while frontier:
+            by_home: dict[str, list[WalkStart]] = defaultdict(list)
+            located = await asyncio.gather(*(self._home(o) for o in frontier))
+            for (oid, d), where in zip(frontier.items(), located, strict=True):
+                if isinstance(where, str):
+                    by_home[where].append(WalkStart(oid, d))
+                else:
+                    graph.add_node(oid.hex(), kind="missing", error=str(where), depth=d)
+            left = 0 if budget is None else max(1, budget - _total_bytes(graph))
+            parts = await asyncio.gather(*(
+                self._expand(home, GraphExpand(walk_id, starts, max_depth, left))
+                for home, starts in by_home.items()
+            ))  # fmt: skip
+            frontier = {}
+            for part in parts:
+                truncated |= part.truncated
+                for o in part.objects:
+                    key = o.object_id.hex()
+                    if key in graph:
+                        continue
+                    graph.add_node(key, **_object_attrs(o))
+                    order.append(key)
+                edges.extend(part.edges)
+                for f in part.frontier:
+                    if f.object_id.hex() not in graph:
+                        frontier[f.object_id] = min(f.depth, frontier.get(f.object_id, f.depth))
+            if budget is not None and _total_bytes(graph) >= budget:
+                truncated |= bool(frontier)
+                break
+        truncated |= _trim_to_budget(graph, order, budget)
+        _add_edges(graph, edges)
+        if uses:
+            await self._annotate_uses(graph)
+        _finish(graph, truncated=truncated)
+        return graph
+
+    async def _home(self, oid: ObjectId) -> str | Exception:
+        try:
+            return (await self.cluster.locate(oid)).home
+        except (ObjectNotFound, ClusterError) as exc:
+            return exc
+
+    async def _expand(self, home: str, message: GraphExpand) -> GraphPart:
+        if home == self.cluster.node_id:
+            return await self.on_expand(message)
+        for attempt in range(3):
+            try:
+                reply = await self.cluster.request(home, message)
+            except StaleLocation:  # moved meanwhile: ask the directory again
+                if attempt == 2:
+                    raise
+                home = (await self.cluster.locate(message.starts[0].object_id,
+                                                  refresh=True)).home  # fmt: skip
+                continue
+            if not isinstance(reply, GraphPart):
+                raise ClusterError(f"node {home} answered a walk with {reply!r}")
+            return reply
+        raise AssertionError("unreachable")
+
+    async def _annotate_uses(self, graph: nx.DiGraph[str]) -> None:
+        sources = [ObjectId.parse(n) for n, a in graph.nodes(data=True) if a["kind"] == "object"]
+        ask = EdgeUses(sources)
+        replies: list[Any] = []
+        for node_id in self.cluster.alive_ids():
+            if node_id == self.cluster.node_id:
+                replies.append(self.on_edge_uses(ask))
+            else:
+                replies.append(self.cluster.request(node_id, ask))
+        for reply in await asyncio.gather(*replies, return_exceptions=True):
+            if not isinstance(reply, EdgeCounts):
+                continue  # a member that does not answer has its counts left out
+            for use in reply.counts:
+                s, t = use.source.hex(), use.target.hex()
+                if graph.has_edge(s, t):
+                    graph.edges[s, t]["uses"] += use.count
+
+    # -- migrate and co-locate ------------------------------------------------------------
+
+    async def migrate(
+        self, oids: Sequence[ObjectId], to_node: str, *, txn_id: bytes | None = None
+    ) -> list[Migrated]:
+        """Move ``oids`` to ``to_node``: one ``Migrate`` per current home."""
+        by_home: dict[str, list[ObjectId]] = defaultdict(list)
+        for oid in dict.fromkeys(oids):
+            by_home[(await self.cluster.locate(oid)).home].append(oid)
+        txn_id = txn_id or os.urandom(16)
+        replies = await asyncio.gather(*(
+            self._migrate_from(home, Migrate(txn_id, ids, to_node))
+            for home, ids in sorted(by_home.items())
+        ))  # fmt: skip
+        return list(replies)
+
+    async def _migrate_from(self, home: str, message: Migrate) -> Migrated:
+        if home == self.cluster.node_id:
+            reply: Message = await self.cluster.migrate(message)
+        else:
+            reply = await self.cluster.request(home, message, MIGRATE_TIMEOUT)
+        if not isinstance(reply, Migrated):
+            raise ClusterError(f"node {home} answered a migration with {reply!r}")
+        return reply
+
+    async def colocate(
+        self,
+        root: ObjectId,
+        *,
+        depth: int | None = None,
+        budget: int | None = None,
+        capacity: int | None = None,
+        dry_run: bool = False,
+    ) -> tuple[Plan, list[Migrated]]:
+        """Place the objects reachable from ``root`` so that fewer pointers cross
+        nodes (``placement.plan_colocation``), and carry the plan out."""
+        graph = await self.walk(root, depth=depth, budget=budget, uses=True)
+        pinned = [n for n, a in graph.nodes(data=True) if a.get("directory")]
+        plan = plan_colocation(graph, self.cluster.alive_ids(), capacity=capacity,
+                               pinned=pinned)  # fmt: skip
+        done: list[Migrated] = []
+        if not dry_run:
+            for (_, target), keys in group_moves(plan, graph).items():
+                done += await self.migrate([ObjectId.parse(k) for k in keys], target)
+        return plan, done
+
+    # -- prefetch ---------------------------------------------------------------------------
+
+    async def prefetch(
+        self,
+        root: ObjectId,
+        *,
+        depth: int | None = None,
+        budget: int | None = None,
+        progress: Progress | None = None,
+    ) -> tuple[nx.DiGraph[str], dict[str, int]]:
+        """Bring the reachable set of ``root`` here as copies; the graph and counts."""
+        graph = await self.walk(root, depth=depth, budget=budget, uses=False)
+        stats = await self.fetch_objects(_wanted(graph, self.cluster.node_id, self.service),
+                                         progress)  # fmt: skip
+        stats["objects"] = sum(1 for _, a in graph.nodes(data=True) if a["kind"] == "object")
+        self.stats["prefetches"] += 1
+        return graph, stats
+
+    async def fetch_objects(
+        self, wanted: dict[str, list[tuple[ObjectId, int]]], progress: Progress | None = None
+    ) -> dict[str, int]:
+        """Fetch (object, size) lists per home as copies: one ``FetchMany`` per batch."""
+        stats = {"fetched": 0, "bytes": 0, "requests": 0, "missing": 0, "stale": 0}
+
+        async def from_home(home: str, items: list[tuple[ObjectId, int]]) -> None:
+            gate = asyncio.Semaphore(WINDOW)
+
+            async def batch(ids: list[ObjectId]) -> None:
+                async with gate:
+                    message = FetchMany(ids, True, self.cluster.node_id)
+                    reply = await self.cluster.request(home, message)
+                if not isinstance(reply, ObjectBatch):
+                    raise ClusterError(f"node {home} answered a batch fetch with {reply!r}")
+                stats["requests"] += 1
+                stats["missing"] += len(reply.missing)
+                for image in reply.images:
+                    if self.service.install_image(home, image):
+                        stats["fetched"] += 1
+                        stats["bytes"] += len(image.header) + len(image.data) + len(image.fot)
+                    else:
+                        stats["stale"] += 1
+                self.service.stats["prefetched"] += len(reply.images)
+                if progress is not None:
+                    progress(stats["fetched"], stats["bytes"])
+
+            await asyncio.gather(*(batch(ids) for ids in _batches(items)))
+
+        await asyncio.gather(*(from_home(h, items) for h, items in wanted.items()))
+        return stats
+
+
+def _total_bytes(graph: nx.DiGraph[str]) -> int:
+    return sum(int(a.get("bytes", 0)) for _, a in graph.nodes(data=True))
+
+
+def _finish(graph: nx.DiGraph[str], *, truncated: bool) -> None:
+    """Fill in what needs the whole graph: cross edges, homes, totals."""
+    homes: dict[str, str | None] = {n: a.get("home") for n, a in graph.nodes(data=True)}
+    for u, v, attrs in graph.edges(data=True):
+        attrs["cross"] = homes.get(u) is not None and homes.get(v) not in (None, homes[u])
+    graph.graph["homes"] = sorted({h for h in homes.values() if h is not None})
+    graph.graph["bytes"] = _total_bytes(graph)
+    graph.graph["truncated"] = truncated
+
+
+def _object_attrs(o: GraphObject) -> dict[str, Any]:
+    return {"kind": "object", "home": o.home, "max_size": o.max_size, "data_len": o.data_len,
+            "fot_count": o.fot_count, "version": o.version, "copies": list(o.copies),
+            "flags": o.flags, "depth": o.depth, "directory": o.directory,
+            "bytes": image_bytes(o.data_len, o.fot_count)}  # fmt: skip
+
+
+def _trim_to_budget(graph: nx.DiGraph[str], order: list[str], budget: int | None) -> bool:
+    """Holders walk in parallel, each to the budget left: drop what went over."""
+    if budget is None:
+        return False
+    used, drop = 0, []
+    for key in sorted(order, key=lambda k: graph.nodes[k]["depth"]):
+        used += graph.nodes[key]["bytes"]
+        if used > budget and key != graph.graph["root"]:
+            drop.append(key)
+    graph.remove_nodes_from(drop)
+    return bool(drop)
+
+
+def _add_edges(graph: nx.DiGraph[str], edges: Sequence[GraphEdge]) -> None:
+    for e in edges:
+        source = e.source.hex()
+        if source not in graph:
+            continue
+        if e.target == ZERO_ID:
+            target = f"name:{e.name}" if e.name else f"error:{source}:{e.fot_index}"
+            if target not in graph:
+                graph.add_node(target, kind="unresolved", name=e.name, error=e.error,
+                               depth=graph.nodes[source]["depth"] + 1)  # fmt: skip
+        else:
+            target = e.target.hex()
+            if target not in graph:
+                continue  # beyond the depth or byte budget
+        if graph.has_edge(source, target):
+            attrs = graph.edges[source, target]
+            attrs["fot_indices"].append(e.fot_index)
+            attrs["flags"] |= e.flags
+            if e.name and attrs["kind"] != "name":
+                attrs["kind"], attrs["name"] = "name", e.name
+            continue
+        graph.add_edge(source, target, fot_indices=[e.fot_index], flags=e.flags,
+                       kind="name" if e.name else "id", name=e.name or None,
+                       uses=0, cross=False)  # fmt: skip
+
+
+def _wanted(
+    graph: nx.DiGraph[str], me: str, service: ObjectService
+) -> dict[str, list[tuple[ObjectId, int]]]:
+    """Objects of the graph a prefetch to ``me`` must fetch, per home."""
+    wanted: dict[str, list[tuple[ObjectId, int]]] = defaultdict(list)
+    for key, attrs in graph.nodes(data=True):
+        if attrs.get("kind") != "object" or attrs["home"] == me:
+            continue
+        if attrs["data_len"] > WHOLE_COPY_MAX:
+            continue  # read by range, never copied whole
+        oid = ObjectId.parse(key)
+        held = service.copies.peek(oid)
+        if held is not None and held.version >= attrs["version"]:
+            continue
+        wanted[attrs["home"]].append((oid, attrs["bytes"]))
+    return wanted
+
+
+def _batches(items: list[tuple[ObjectId, int]]) -> list[list[ObjectId]]:
+    out: list[list[ObjectId]] = []
+    current: list[ObjectId] = []
+    size = 0
+    for oid, nbytes in items:
+        if current and (len(current) >= BATCH or size + nbytes > BATCH_BYTES):
+            out.append(current)
+            current, size = [], 0
+        current.append(oid)
+        size += nbytes
+    if current:
+        out.append(current)
+    return out

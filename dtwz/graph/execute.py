@@ -1,0 +1,136 @@
+"""Run code where the data is (DESIGN.md §5), as one node coordinates it.
+
+A code object holds a function (``dtwz.graph.code``). To run it against a root
+the node asked walks the root's graph (metadata only), weighs the bytes each
+choice would move (``placement.choose_site``: the data to this node, or the code
+to the node homing most of the reachable bytes), and runs the function there in
+that node's worker process (``dtwz.graph.runner``), which reads local objects
+zero-copy and everything else through its node like any client. The answer
+reports the choice, the estimates and what the worker actually fetched.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, Protocol
+
+from dtwz.errors import ClusterError, CodeError, DtwzError, InvalidArgument
+from dtwz.graph.agent import GraphAgent, image_bytes
+from dtwz.graph.code import CodeBody, decode_code
+from dtwz.graph.placement import choose_site
+from dtwz.graph.runner import CodeRunner
+from dtwz.ids import ObjectId
+from dtwz.layout import DATA_START
+from dtwz.node.protocol import CodeResult, Message, RunCode
+from dtwz.node.service import ObjectService
+
+RESULT_MAX = 64 << 20  # bytes of JSON a function may return
+
+
+class CodeCluster(Protocol):
+    node_id: str
+
+    async def request(
+        self, node_id: str, message: Message, timeout: float | None = None
+    ) -> Message: ...
+
+    def is_alive(self, node_id: str) -> bool: ...
+
+
+class CodeExecutor:
+    def __init__(
+        self, cluster: CodeCluster, service: ObjectService, agent: GraphAgent, runner: CodeRunner
+    ) -> None:
+        self.cluster = cluster
+        self.service = service
+        self.agent = agent
+        self.runner = runner
+        self.stats = {"runs_here": 0, "runs_sent": 0, "code_to_data": 0, "data_to_code": 0}
+
+    async def close(self) -> None:
+        await self.runner.close()
+
+    async def _load(self, code_id: ObjectId) -> tuple[CodeBody, int, str]:
+        obj, _, home = await self.service.open_whole(code_id)
+        header = obj.header()
+        body = decode_code(obj.read(DATA_START, header.data_len))
+        return body, image_bytes(header.data_len, header.fot_count), home
+
+    async def run(
+        self,
+        code_id: ObjectId,
+        root: ObjectId,
+        args: list[Any],
+        *,
+        where: str = "auto",
+        timeout: float = 60.0,
+    ) -> dict[str, Any]:
+        """Run code object ``code_id`` against ``root``; the result and the choice made."""
+        start = time.perf_counter()
+        me = self.cluster.node_id
+        try:
+            raw_args = json.dumps(args, allow_nan=False).encode("utf-8")
+        except (TypeError, ValueError) as exc:
+            raise InvalidArgument(f"args must be JSON: {exc}") from exc
+        body, code_bytes, code_home = await self._load(code_id)
+        report: dict[str, Any] = {"code": code_id.hex(), "root": root.hex()}
+        if where == "auto":
+            graph = await self.agent.walk(root, uses=False)
+            held = [n for n in graph if self.service.copies.peek(_oid(n)) is not None]
+            choice = choose_site(graph, me, code_bytes=code_bytes, code_home=code_home,
+                                 held_at_caller=held)  # fmt: skip
+            site = choice.site
+            report |= {"choice": choice.choice, "estimates": choice.estimates,
+                       "bytes_moved_estimate": choice.bytes_moved,
+                       "reachable_objects": graph.number_of_nodes(),
+                       "reachable_bytes": graph.graph["bytes"]}  # fmt: skip
+        else:
+            site = me if where in ("here", "caller", me) else where
+            report["choice"] = "asked"
+        if site == me:
+            result, stats = await self._run_here(body, root, args, timeout)
+        else:
+            if not self.cluster.is_alive(site):
+                raise ClusterError(f"node {site} is not a live member of the cluster")
+            message = RunCode(code_id, root, raw_args, int(timeout * 1000))
+            reply = await self.cluster.request(site, message, timeout + 10)
+            if not isinstance(reply, CodeResult):
+                raise ClusterError(f"node {site} answered a run with {reply!r}")
+            result, stats = json.loads(reply.result), json.loads(reply.stats)
+            self.stats["runs_sent"] += 1
+        key = "data_to_code" if site == me else "code_to_data"
+        self.stats[key] += 1
+        report |= {"ran_at": site, "result": result, "worker": stats,
+                   "elapsed": round(time.perf_counter() - start, 6)}  # fmt: skip
+        return report
+
+    async def _run_here(
+        self, body: CodeBody, root: ObjectId, args: list[Any], timeout: float
+    ) -> tuple[Any, dict[str, Any]]:
+        outcome = await self.runner.run(body, root, args, timeout=timeout)
+        self.stats["runs_here"] += 1
+        return outcome.result, {**outcome.stats, "elapsed": outcome.elapsed}
+
+    async def on_run_code(self, m: RunCode) -> CodeResult:
+        try:
+            args = json.loads(m.args)
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise InvalidArgument(f"args are not JSON: {exc}") from exc
+        if not isinstance(args, list):
+            raise InvalidArgument("args must be a JSON list")
+        body, _, _ = await self._load(m.code_id)
+        start = time.perf_counter()
+        result, stats = await self._run_here(body, m.root, args, max(0.001, m.timeout_ms / 1000))
+        raw = json.dumps(result, allow_nan=False).encode("utf-8")
+        if len(raw) > RESULT_MAX:
+            raise CodeError(f"the function returned {len(raw)} bytes of JSON (limit {RESULT_MAX})")
+        elapsed = int((time.perf_counter() - start) * 1e6)
+        return CodeResult(raw, json.dumps(stats).encode("utf-8"), elapsed)
+
+
+def _oid(key: str) -> ObjectId:
+    try:
+        return ObjectId.parse(key)
+    except DtwzError:
+        return ObjectId(bytes(16))  # an unresolved or missing node: never held

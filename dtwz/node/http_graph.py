@@ -1,0 +1,193 @@
+"""HTTP handlers of the object-graph service (registered by ``dtwz.node.http``).
+
+Routes::
+
+    GET  /graph/walk?root=&depth=&budget=&uses=1     the graph as JSON (docs/GRAPH.md)
+    GET  /graph/view?root=&depth=&budget=&format=    drawn: html (default), svg, dot, json
+    POST /graph/prefetch?root=&depth=&budget=&to=    to=node: copies here, progress events;
+                                                     to=client: also every image (stream)
+    POST /graph/migrate   {"ids": [...], "to": node}
+    POST /graph/colocate  {"root", "depth", "budget", "capacity", "dry_run"}
+    POST /code/run        {"code", "root", "args", "where", "timeout"}
+
+Prefetch answers with the frame stream of ``dtwz.graph.stream``: events (plan,
+progress, done, error) and, for a client, one image per object.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from dtwz.errors import DtwzError, InvalidArgument
+from dtwz.graph import model, render, stream
+from dtwz.ids import ObjectId
+from dtwz.node.http import _flag, _json, _node
+
+if TYPE_CHECKING:
+    import networkx as nx
+
+    from dtwz.graph.agent import GraphAgent
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/graph/walk", walk)
+    app.router.add_get("/graph/view", view)
+    app.router.add_post("/graph/prefetch", prefetch)
+    app.router.add_post("/graph/migrate", migrate)
+    app.router.add_post("/graph/colocate", colocate)
+    app.router.add_post("/code/run", run_code)
+
+
+def _agent(request: web.Request) -> GraphAgent:
+    agent = _node(request).graph
+    if agent is None:
+        raise DtwzError("the node is starting")
+    return agent
+
+
+def _limit(raw: Any, what: str) -> int | None:
+    if raw in (None, "", "none"):
+        return None
+    try:
+        value = int(raw)
+    except (TypeError, ValueError) as exc:
+        raise InvalidArgument(f"{what} must be an integer") from exc
+    if value < 0:
+        raise InvalidArgument(f"{what} must not be negative")
+    return value
+
+
+def _root(request: web.Request) -> ObjectId:
+    try:
+        return ObjectId.parse(request.query.get("root", ""))
+    except DtwzError as exc:
+        raise InvalidArgument(f"root: {exc}") from exc
+
+
+def _walk_args(request: web.Request) -> dict[str, Any]:
+    q = request.query
+    return {"depth": _limit(q.get("depth"), "depth"), "budget": _limit(q.get("budget"), "budget")}
+
+
+async def walk(request: web.Request) -> web.Response:
+    root = _root(request)
+    uses = _flag(request, "uses") or "uses" not in request.query
+    graph = await _agent(request).walk(root, uses=uses, **_walk_args(request))
+    return web.json_response(model.to_json(graph))
+
+
+async def view(request: web.Request) -> web.Response:
+    """The node's web view of a graph (the same drawings as ``dtwz graph``)."""
+    fmt = request.query.get("format", "html")
+    if fmt not in render.FORMATS:
+        raise InvalidArgument(f"format must be one of {', '.join(render.FORMATS)}")
+    root = _root(request)
+    graph: nx.DiGraph[str] = await _agent(request).walk(root, **_walk_args(request))
+    text = render.render(graph, fmt)
+    types = {"html": "text/html", "svg": "image/svg+xml", "dot": "text/vnd.graphviz",
+             "json": "application/json"}  # fmt: skip
+    return web.Response(text=text, content_type=types[fmt], charset="utf-8")
+
+
+async def prefetch(request: web.Request) -> web.StreamResponse:
+    agent = _agent(request)
+    node = _node(request)
+    root = _root(request)
+    to = request.query.get("to", "node")
+    if to not in ("node", "client"):
+        raise InvalidArgument("to must be 'node' or 'client'")
+    args = _walk_args(request)
+    response = web.StreamResponse(headers={"Content-Type": "application/x-dtwz-stream"})
+    await response.prepare(request)
+    progress: list[tuple[int, int]] = []
+    try:
+        graph, stats = await agent.prefetch(root, progress=lambda n, b: progress.append((n, b)),
+                                            **args)  # fmt: skip
+        objects = [n for n, a in graph.nodes(data=True) if a["kind"] == "object"]
+        await response.write(stream.event({"event": "plan", "objects": len(objects),
+                                           "bytes": graph.graph["bytes"], **stats}))  # fmt: skip
+        if to == "client":
+            assert node.service is not None
+            sent = sent_bytes = 0
+            for key in objects:
+                try:
+                    image = node.service.image(ObjectId.parse(key))
+                except DtwzError:
+                    continue  # dropped or moved since the walk: the client fetches it itself
+                home = graph.nodes[key]["home"]
+                for part in stream.image(image.object_id, image.version, home, image.header,
+                                         image.data, image.fot):  # fmt: skip
+                    await response.write(part)
+                sent += 1
+                sent_bytes += len(image.header) + len(image.data) + len(image.fot)
+                if sent % 256 == 0:
+                    await response.write(stream.event({"event": "progress", "objects": sent,
+                                                       "bytes": sent_bytes}))  # fmt: skip
+            stats = {**stats, "sent": sent, "sent_bytes": sent_bytes}
+        await response.write(stream.event({"event": "done", "objects": len(objects), **stats}))
+    except DtwzError as exc:
+        await response.write(stream.event({"event": "error", "kind": type(exc).__name__,
+                                           "message": str(exc)}))  # fmt: skip
+    await response.write_eof()
+    return response
+
+
+def _ids(raw: Any) -> list[ObjectId]:
+    if not isinstance(raw, list) or not raw:
+        raise InvalidArgument("ids must be a non-empty list of object IDs")
+    return [ObjectId.parse(str(x)) for x in raw]
+
+
+async def migrate(request: web.Request) -> web.Response:
+    body = await _json(request)
+    to = body.get("to")
+    if not isinstance(to, str) or not to:
+        raise InvalidArgument("to must name a node")
+    done = await _agent(request).migrate(_ids(body.get("ids")), to)
+    return web.json_response({"to": to, "migrated": [
+        {"epoch": m.epoch, "versions": {v.object_id.hex(): v.version for v in m.versions}}
+        for m in done
+    ]})  # fmt: skip
+
+
+async def colocate(request: web.Request) -> web.Response:
+    body = await _json(request)
+    root = ObjectId.parse(str(body.get("root")))
+    plan, done = await _agent(request).colocate(
+        root,
+        depth=_limit(body.get("depth"), "depth"),
+        budget=_limit(body.get("budget"), "budget"),
+        capacity=_limit(body.get("capacity"), "capacity"),
+        dry_run=bool(body.get("dry_run")),
+    )
+    return web.json_response({
+        "moves": plan.moves, "placement": plan.placement,
+        "cross_before": plan.cross_before, "cross_after": plan.cross_after,
+        "weighted_before": plan.weighted_before, "weighted_after": plan.weighted_after,
+        "bytes_moved": plan.bytes_moved, "migrations": len(done),
+        "dry_run": bool(body.get("dry_run")),
+    })  # fmt: skip
+
+
+async def run_code(request: web.Request) -> web.Response:
+    body = await _json(request)
+    node = _node(request)
+    if node.code is None:
+        raise DtwzError("the node is starting")
+    args = body.get("args", [])
+    if not isinstance(args, list):
+        raise InvalidArgument("args must be a JSON list")
+    timeout = body.get("timeout", 60)
+    if not isinstance(timeout, int | float) or not 0 < timeout <= 3600:
+        raise InvalidArgument("timeout must be a number of seconds in (0, 3600]")
+    report = await node.code.run(
+        ObjectId.parse(str(body.get("code"))),
+        ObjectId.parse(str(body.get("root"))),
+        args,
+        where=str(body.get("where") or "auto"),
+        timeout=float(timeout),
+    )
+    return web.json_response(report, dumps=lambda doc: json.dumps(doc, allow_nan=False))
