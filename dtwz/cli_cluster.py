@@ -611,4 +611,5 @@ def remote_status(rc: RemoteConfig, as_json: bool) -> None:
     _emit_status(rc.base, as_json, rows, {"asked": asked, "node_id": seen.get("node_id")})
 
 
+import dtwz.cli_graph  # noqa: E402  (registers `dtwz graph`)
 import dtwz.cli_names  # noqa: E402, F401  (registers the namespace commands on `remote`)
