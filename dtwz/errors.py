@@ -34,9 +34,13 @@ so callers never have to know which library sat underneath::
     │   ├── StaleLocation           a location record was older than the truth; retried
     │   │   └── ObjectMoved         the object migrated: its new home is in the text
     │   └── MigrationError          a migration could not be carried out
-    └── GraphError                  the object-graph service could not do what was asked
-        └── CodeError               a code object is malformed or its function failed
-            └── CodeTimeout         the function ran past its time limit and was stopped
+    ├── GraphError                  the object-graph service could not do what was asked
+    │   └── CodeError               a code object is malformed or its function failed
+    │       └── CodeTimeout         the function ran past its time limit and was stopped
+    └── AccessDenied                a request lacks a valid capability or proof
+        ├── InvalidCapability       malformed, forged or badly delegated capability
+        ├── CapabilityExpired       a capability (or a link of its chain) is past its expiry
+        └── ReplayedRequest         a signed request seen before, or outside the time window
 
 ``InvalidArgument`` (also a ``ValueError``) covers bad sizes, offsets and flags
 given by a caller; ``InvalidName`` is one too, so a bad path is a usage error.
@@ -191,3 +195,25 @@ def moved_to(exc: ObjectMoved) -> tuple[str, int] | None:
     """(new home, epoch) named by an ``ObjectMoved`` error, if its text says so."""
     match = _MOVED.search(str(exc))
     return (match.group(1), int(match.group(2))) if match else None
+
+
+class AccessDenied(DtwzError):
+    """A request lacks a valid capability or proof (docs/SECURITY.md).
+
+    Raised as the base class itself when a well-formed, correctly signed capability
+    or request simply does not cover what was asked (other object, other accessor,
+    missing rights, bytes outside its gate).
+    """
+
+
+class InvalidCapability(AccessDenied):
+    """A capability that is malformed, forged, or whose delegation chain is broken."""
+
+
+class CapabilityExpired(AccessDenied):
+    """A capability, or a link of its delegation chain, is past its expiry."""
+
+
+class ReplayedRequest(AccessDenied):
+    """A signed request whose nonce was seen before, or whose timestamp is outside
+    the window in which replays can be recognised."""

@@ -1,0 +1,262 @@
+"""Signed client requests: a client proves it holds its key, and a request cannot be replayed.
+
+The client signs a canonical string of the request (method, raw path and query,
+SHA-256 of the body, timestamp, nonce, key ID, audience) with its Ed25519
+identity and sends the result in ``X-Dtwz-*`` headers. ``RequestVerifier``
+checks the signature, refuses timestamps outside its window and nonces it has
+seen inside it, and returns the accessor's kuid. Its nonce memory is bounded:
+when full it forgets the oldest nonces and from then on refuses any request not
+newer than what it forgot, so it fails closed, never open. Pure: no I/O.
+Node-to-node authentication (CurveZMQ) is in docs/SECURITY.md, not here.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import heapq
+import os
+import re
+import threading
+from collections.abc import Mapping
+
+from dtwz.capabilities import Capability, KeyLookup
+from dtwz.errors import (
+    AccessDenied,
+    FormatError,
+    InvalidArgument,
+    InvalidCapability,
+    ObjectNotFound,
+    ReplayedRequest,
+)
+from dtwz.ids import ObjectId
+from dtwz.keys import SIGNATURE_BYTES, Identity
+
+KEY_HEADER = "X-Dtwz-Key"
+TIMESTAMP_HEADER = "X-Dtwz-Timestamp"
+NONCE_HEADER = "X-Dtwz-Nonce"
+AUDIENCE_HEADER = "X-Dtwz-Audience"
+SIGNATURE_HEADER = "X-Dtwz-Signature"
+CAPABILITY_HEADER = "X-Dtwz-Capability"
+REQUEST_DOMAIN = "dtwz-request-v1"
+NONCE_BYTES = 16
+DIGEST_BYTES = 32
+MAX_CAPABILITY_HEADER = 4096  # characters; a chain of MAX_CHAIN links needs < 1600
+
+_METHOD = re.compile(r"[A-Z]{1,16}")
+_PATH = re.compile(r"/[\x21-\x7e]{0,8191}")  # as on the request line: no spaces, no controls
+_AUDIENCE = re.compile(r"[\x21-\x7e]{0,255}")
+_DECIMAL = re.compile(r"0|[1-9][0-9]{0,18}")  # no leading zeros: one spelling
+_HEX = re.compile(r"[0-9a-f]*")
+
+
+def body_sha256(body: bytes) -> bytes:
+    """The body digest that requests sign (of the empty body when there is none)."""
+    return hashlib.sha256(body).digest()
+
+
+def canonical_request(
+    method: str,
+    path: str,
+    body_digest: bytes,
+    timestamp: int,
+    nonce: bytes,
+    key_id: ObjectId,
+    audience: str = "",
+) -> bytes:
+    """The exact bytes a request signature covers (docs/SECURITY.md §4).
+
+    Every field is checked to be free of line breaks, so no two requests share a
+    canonical string.
+    """
+    if not _METHOD.fullmatch(method):
+        raise InvalidArgument(f"an HTTP method is 1-16 upper-case letters, got {method!r}")
+    if not _PATH.fullmatch(path):
+        raise InvalidArgument(f"a request path starts with '/' and is printable ASCII: {path!r}")
+    if not _AUDIENCE.fullmatch(audience):
+        raise InvalidArgument(f"an audience is up to 255 printable ASCII bytes: {audience!r}")
+    if len(body_digest) != DIGEST_BYTES or len(nonce) != NONCE_BYTES:
+        raise InvalidArgument("the body digest is 32 bytes and the nonce 16")
+    if not 0 <= timestamp < 10**19:
+        raise InvalidArgument(f"a timestamp is unix seconds, got {timestamp}")
+    fields = [
+        REQUEST_DOMAIN,
+        method,
+        path,
+        body_digest.hex(),
+        str(timestamp),
+        nonce.hex(),
+        key_id.hex(),
+        audience,
+    ]
+    return "\n".join(fields).encode("ascii")
+
+
+def sign_request(
+    identity: Identity,
+    method: str,
+    path: str,
+    body_digest: bytes,
+    now: float,
+    nonce: bytes | None = None,
+    audience: str = "",
+) -> dict[str, str]:
+    """The headers that authenticate one request as ``identity``'s.
+
+    ``path`` is the raw path and query exactly as on the request line; ``audience``
+    the node ID the request is for ("" lets any node accept it, see the docs).
+    """
+    nonce = os.urandom(NONCE_BYTES) if nonce is None else nonce
+    timestamp = int(now)
+    message = canonical_request(
+        method, path, body_digest, timestamp, nonce, identity.kuid, audience
+    )
+    headers = {
+        KEY_HEADER: identity.kuid.hex(),
+        TIMESTAMP_HEADER: str(timestamp),
+        NONCE_HEADER: nonce.hex(),
+        SIGNATURE_HEADER: identity.sign(message).hex(),
+    }
+    if audience:
+        headers[AUDIENCE_HEADER] = audience
+    return headers
+
+
+class RequestVerifier:
+    """Checks signed requests and remembers their nonces for ``window_s`` seconds.
+
+    One per node (nonces are remembered per verifier). Thread-safe. A request is
+    accepted at most once: its nonce is recorded only after its signature checks.
+    """
+
+    def __init__(
+        self, window_s: int = 60, max_nonces: int = 100_000, audience: str | None = None
+    ) -> None:
+        if window_s < 1 or max_nonces < 1:
+            raise InvalidArgument("window_s and max_nonces must be at least 1")
+        self.window_s = window_s
+        self.max_nonces = max_nonces
+        self.audience = audience
+        self._seen: dict[bytes, int] = {}  # kuid || nonce -> timestamp
+        self._by_time: list[tuple[int, bytes]] = []  # a heap over the same entries
+        # Every timestamp at or below this may belong to a forgotten nonce: refuse it.
+        self._floor = -1
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def verify(
+        self,
+        headers: Mapping[str, str],
+        method: str,
+        path: str,
+        body_digest: bytes,
+        now: float,
+        key_lookup: KeyLookup,
+    ) -> ObjectId:
+        """The kuid of the key that signed this request; ``AccessDenied`` (or
+        ``ReplayedRequest``) when the proof is missing, wrong, stale or used before."""
+        fields = {name.lower(): value for name, value in headers.items()}
+        kuid = _key_id(_header(fields, KEY_HEADER))
+        timestamp = int(_header(fields, TIMESTAMP_HEADER, _DECIMAL))
+        nonce = bytes.fromhex(_header(fields, NONCE_HEADER, _HEX, 2 * NONCE_BYTES))
+        signature = bytes.fromhex(_header(fields, SIGNATURE_HEADER, _HEX, 2 * SIGNATURE_BYTES))
+        audience = fields.get(AUDIENCE_HEADER.lower(), "")
+        if self.audience is not None and audience not in ("", self.audience):
+            raise AccessDenied(f"the request is addressed to {audience!r}, not {self.audience!r}")
+        age = int(now) - timestamp
+        if age > self.window_s:
+            raise ReplayedRequest(
+                f"the request is {age} s old; requests are accepted for "
+                f"{self.window_s} s (are the clocks in step?)"
+            )
+        if -age > self.window_s:
+            raise ReplayedRequest(
+                f"the request is dated {-age} s in the future; at most "
+                f"{self.window_s} s is accepted (are the clocks in step?)"
+            )
+        seen_key = bytes(kuid) + nonce
+        with self._lock:  # cheap refusals first: a replay costs no signature check
+            self._check_fresh(seen_key, timestamp, now)
+        try:
+            message = canonical_request(method, path, body_digest, timestamp, nonce, kuid, audience)
+        except InvalidArgument as exc:
+            raise AccessDenied(f"malformed signed request: {exc}") from exc
+        try:
+            key = key_lookup(kuid)
+        except (KeyError, ObjectNotFound, FormatError) as exc:
+            raise AccessDenied(f"unknown key {kuid}: {exc}") from exc
+        if key.kuid != kuid or not key.verify(signature, message):
+            raise AccessDenied(f"bad request signature for key {kuid}")
+        with self._lock:
+            self._check_fresh(seen_key, timestamp, now)  # another thread may have won
+            self._remember(seen_key, timestamp)
+        return kuid
+
+    def _check_fresh(self, seen_key: bytes, timestamp: int, now: float) -> None:
+        self._expire(now)
+        if timestamp <= self._floor:
+            raise ReplayedRequest(
+                f"request timestamp {timestamp} is too old to tell from a "
+                "replay (nonce memory was full); send it again"
+            )
+        if seen_key in self._seen:
+            raise ReplayedRequest("the request's nonce was used before: a replay")
+
+    def _expire(self, now: float) -> None:
+        oldest_valid = int(now) - self.window_s
+        while self._by_time and self._by_time[0][0] < oldest_valid:
+            self._forget()
+
+    def _remember(self, seen_key: bytes, timestamp: int) -> None:
+        self._seen[seen_key] = timestamp
+        heapq.heappush(self._by_time, (timestamp, seen_key))
+        while len(self._seen) > self.max_nonces:
+            self._forget()
+
+    def _forget(self) -> None:
+        timestamp, seen_key = heapq.heappop(self._by_time)
+        del self._seen[seen_key]
+        self._floor = max(self._floor, timestamp)
+
+
+def _header(
+    fields: Mapping[str, str], name: str, pattern: re.Pattern[str] | None = None, size: int = 0
+) -> str:
+    value = fields.get(name.lower())
+    if value is None:
+        raise AccessDenied(f"the request is not signed: no {name} header")
+    if (pattern is not None and not pattern.fullmatch(value)) or (size and len(value) != size):
+        raise AccessDenied(f"malformed {name} header")
+    return value
+
+
+def _key_id(text: str) -> ObjectId:
+    try:
+        return ObjectId.parse(text)
+    except FormatError as exc:
+        raise AccessDenied(f"malformed {KEY_HEADER} header: {exc}") from exc
+
+
+def encode_capability_header(cap: Capability) -> str:
+    """A capability chain as a header value: unpadded base64url of its encoding."""
+    return _b64(cap.encode())
+
+
+def decode_capability_header(value: str) -> Capability:
+    """The capability in a header value; ``InvalidCapability`` for anything else."""
+    if len(value) > MAX_CAPABILITY_HEADER or not re.fullmatch(r"[A-Za-z0-9_-]*", value):
+        raise InvalidCapability(f"malformed {CAPABILITY_HEADER} header")
+    try:
+        raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidCapability(f"malformed {CAPABILITY_HEADER} header: {exc}") from exc
+    if _b64(raw) != value:  # unused low bits set: one spelling per capability
+        raise InvalidCapability(f"non-canonical {CAPABILITY_HEADER} header")
+    return Capability.decode(raw)
+
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
