@@ -31,6 +31,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.bench_store
 	$(BIN)/python -m bench.bench_cluster
 	$(BIN)/python -m bench.bench_names
+	$(BIN)/python -m bench.bench_graph
 
 clean:
 	rm -rf $(VENV) build *.egg-info

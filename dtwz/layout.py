@@ -57,9 +57,15 @@ class FotFlags(IntFlag):
 
 _KNOWN_OBJECT_FLAGS = int(ObjectFlags.IMMUTABLE | ObjectFlags.VOLATILE)
 _KNOWN_PROT = int(Protection.READ | Protection.WRITE | Protection.EXEC)
+# every valid flag value made once: building an IntFlag costs microseconds, and
+# headers and FOT entries are decoded on every walk
+_OBJECT_FLAGS = [ObjectFlags(v) for v in range(_KNOWN_OBJECT_FLAGS + 1)]
+_PROTECTIONS = [Protection(v) for v in range(_KNOWN_PROT + 1)]
 _KNOWN_FOT_FLAGS = int(
     FotFlags.VALID | FotFlags.NAME | FotFlags.READ | FotFlags.WRITE | FotFlags.EXEC
 )
+_FOT_FLAGS = [FotFlags(v) for v in range(_KNOWN_FOT_FLAGS + 1)]
+_VALID, _NAME = int(FotFlags.VALID), int(FotFlags.NAME)
 
 
 def size_log2(max_size: int) -> int:
@@ -183,8 +189,8 @@ class ObjectHeader(NamedTuple):
             ObjectId(oid),
             nonce,
             kuid,
-            ObjectFlags(flags),
-            Protection(prot),
+            _OBJECT_FLAGS[flags],
+            _PROTECTIONS[prot],
             log2,
             data_len,
             version,
@@ -216,13 +222,15 @@ class FotEntry:
     def for_name(cls, offset: int, length: int, flags: FotFlags = FotFlags.READ) -> FotEntry:
         return cls(FotFlags.VALID | FotFlags.NAME | flags, None, offset, length)
 
+    # plain-int tests: ``IntFlag & IntFlag`` builds a new flag object, and these run on
+    # every pointer resolution
     @property
     def is_valid(self) -> bool:
-        return bool(self.flags & FotFlags.VALID)
+        return bool(int(self.flags) & _VALID)
 
     @property
     def is_name(self) -> bool:
-        return bool(self.flags & FotFlags.NAME)
+        return bool(int(self.flags) & _NAME)
 
     def encode(self) -> bytes:
         if self.is_name:
@@ -238,16 +246,16 @@ class FotEntry:
         head, flags, reserved = _FOT.unpack(raw)
         if flags & ~_KNOWN_FOT_FLAGS or any(reserved):
             raise FormatError("FOT entry has unknown flags or non-zero reserved bytes")
-        if not flags & FotFlags.VALID:
+        if not flags & _VALID:
             if flags or any(head):
                 raise FormatError("FOT entry is not VALID but is not empty either")
             return cls(FotFlags.NONE)
-        if flags & FotFlags.NAME:
+        if flags & _NAME:
             offset, length, zero = _NAME_REF.unpack(head)
             if zero:
                 raise FormatError("FOT name entry has non-zero reserved bytes")
-            return cls(FotFlags(flags), None, offset, length)
-        return cls(FotFlags(flags), ObjectId(head))
+            return cls(_FOT_FLAGS[flags], None, offset, length)
+        return cls(_FOT_FLAGS[flags], ObjectId(head))
 
     def check_name_bounds(self, header: ObjectHeader) -> None:
         """A name entry's bytes must lie inside the object's data area."""

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import struct
 from collections import OrderedDict, defaultdict, deque
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
@@ -43,7 +44,7 @@ from dtwz.errors import (
 from dtwz.graph import model
 from dtwz.graph.placement import Plan, group_moves, plan_colocation
 from dtwz.ids import ZERO_ID, ObjectId
-from dtwz.layout import DATA_START, HEADER_RECORD_SIZE
+from dtwz.layout import FOT_ENTRY_SIZE, HEADER_RECORD_SIZE, FotEntry, FotFlags
 from dtwz.node.protocol import (
     EdgeCounts,
     EdgeUse,
@@ -73,8 +74,14 @@ WINDOW = 4  # FetchMany requests in flight per holder
 WALKS_REMEMBERED = 64  # walks whose expanded objects a holder remembers
 MIGRATE_TIMEOUT = 60.0  # seconds for a home to ship a group of objects
 YIELD_EVERY = 512  # objects expanded between yields to the event loop
+EXPAND_MAX = 8192  # objects one GraphExpand answers with at most
 
 Progress = Callable[[int, int], None]  # (objects done, bytes done)
+
+_FOT_ENTRY = struct.Struct("<16sI12s")  # docs/FORMAT.md: target | flags | reserved
+# an ID entry: VALID, not NAME, no unknown bits (anything else takes the careful path)
+_ID_ENTRY_MASK = ~int(FotFlags.READ | FotFlags.WRITE | FotFlags.EXEC) & 0xFFFFFFFF
+_ZERO12 = bytes(12)
 
 
 class GraphCluster(Protocol):
@@ -116,17 +123,24 @@ class GraphAgent:
         objects: list[GraphObject] = []
         edges: list[GraphEdge] = []
         frontier: list[WalkStart] = []
+        more: list[WalkStart] = []  # homed here, left for the next request
+        me = self.cluster.node_id
         truncated = False
         queue = deque((s.object_id, s.depth) for s in m.starts)
+        store = service.store
+        magic_len = len(DIRECTORY_MAGIC)
         while queue:
             oid, depth = queue.popleft()
             if oid in seen:
                 continue
-            if not service.is_home(oid):
+            if len(objects) >= EXPAND_MAX:  # bounded work per request: the rest next time
+                more.append(WalkStart(oid, depth))
+                continue
+            try:
+                header, fot, head = store.metadata(oid, magic_len)
+            except ObjectNotFound:
                 frontier.append(WalkStart(oid, depth))
                 continue
-            obj = service.store.get(oid)
-            header = obj.header()
             size = image_bytes(header.data_len, header.fot_count)
             if budget is not None and used + size > budget and objects:
                 truncated = True
@@ -134,13 +148,13 @@ class GraphAgent:
             seen.add(oid)
             used += size
             copies = sorted(service.holders.get(oid, ()))
-            magic = bytes(obj.view[DATA_START : DATA_START + len(DIRECTORY_MAGIC)])
-            objects.append(GraphObject(oid, self.cluster.node_id, header.max_size,
-                                       header.data_len, header.fot_count, header.version,
-                                       int(header.flags), depth, copies,
-                                       magic == DIRECTORY_MAGIC))  # fmt: skip
+            objects.append(GraphObject(oid, me, header.max_size, header.data_len,
+                                       header.fot_count, header.version, int(header.flags),
+                                       depth, copies, head == DIRECTORY_MAGIC))  # fmt: skip
+            end = len(fot)
             for index in range(1, header.fot_count + 1):
-                edge = await self._edge(obj, oid, index)
+                at = end - FOT_ENTRY_SIZE * index
+                edge = await self._edge(oid, index, fot[at : at + FOT_ENTRY_SIZE])
                 if edge is None:
                     continue
                 edges.append(edge)
@@ -154,11 +168,14 @@ class GraphAgent:
                 await asyncio.sleep(0)  # keep serving others during a long walk
         self.stats["expands_served"] += 1
         self.stats["objects_expanded"] += len(objects)
-        return GraphPart(objects, edges, frontier, truncated)
+        return GraphPart(objects, edges, frontier, truncated, more)
 
-    async def _edge(self, obj: Any, oid: ObjectId, index: int) -> GraphEdge | None:
+    async def _edge(self, oid: ObjectId, index: int, raw: bytes) -> GraphEdge | None:
+        head, flags, reserved = _FOT_ENTRY.unpack(raw)
+        if flags & _ID_ENTRY_MASK == int(FotFlags.VALID) and reserved == _ZERO12:
+            return GraphEdge(oid, ObjectId(head), index, flags)  # the common case, fast
         try:
-            entry = obj.fot_entry(index)
+            entry = FotEntry.decode(raw)
         except DtwzError as exc:
             return GraphEdge(oid, ZERO_ID, index, 0, "", f"FOT entry {index}: {exc}")
         if not entry.is_valid:
@@ -167,7 +184,7 @@ class GraphAgent:
             assert entry.target is not None
             return GraphEdge(oid, entry.target, index, int(entry.flags))
         try:
-            name = obj.entry_name(entry)
+            name = self.service.store.get(oid).entry_name(entry)  # its text is in the data
         except DtwzError as exc:
             return GraphEdge(oid, ZERO_ID, index, int(entry.flags), "", str(exc))
         if self.names is None:
@@ -216,21 +233,26 @@ class GraphAgent:
         edges: list[GraphEdge] = []
         max_depth = NO_LIMIT if depth is None else depth
         truncated = False
+        known: dict[ObjectId, str] = {}  # frontier objects whose home a holder told us
         while frontier:
             by_home: dict[str, list[WalkStart]] = defaultdict(list)
-            located = await asyncio.gather(*(self._home(o) for o in frontier))
-            for (oid, d), where in zip(frontier.items(), located, strict=True):
+            unknown = [o for o in frontier if o not in known]
+            located = dict(zip(unknown, await asyncio.gather(*(self._home(o) for o in unknown)),
+                               strict=True))  # fmt: skip
+            for oid, d in frontier.items():
+                where = known.pop(oid, None) or located[oid]
                 if isinstance(where, str):
                     by_home[where].append(WalkStart(oid, d))
                 else:
                     graph.add_node(oid.hex(), kind="missing", error=str(where), depth=d)
             left = 0 if budget is None else max(1, budget - _total_bytes(graph))
+            homes = list(by_home)
             parts = await asyncio.gather(*(
-                self._expand(home, GraphExpand(walk_id, starts, max_depth, left))
-                for home, starts in by_home.items()
+                self._expand(home, GraphExpand(walk_id, by_home[home], max_depth, left))
+                for home in homes
             ))  # fmt: skip
             frontier = {}
-            for part in parts:
+            for home, part in zip(homes, parts, strict=True):
                 truncated |= part.truncated
                 for o in part.objects:
                     key = o.object_id.hex()
@@ -239,6 +261,9 @@ class GraphAgent:
                     graph.add_node(key, **_object_attrs(o))
                     order.append(key)
                 edges.extend(part.edges)
+                for f in part.more:  # homed there, left for another request
+                    known[f.object_id] = home
+                    frontier[f.object_id] = f.depth
                 for f in part.frontier:
                     if f.object_id.hex() not in graph:
                         frontier[f.object_id] = min(f.depth, frontier.get(f.object_id, f.depth))

@@ -432,6 +432,7 @@ class GraphPart(Message):
     edges: list[GraphEdge]
     frontier: list[WalkStart]
     truncated: bool = False
+    more: list[WalkStart] = field(default_factory=list)  # homed here, not expanded yet
 
 
 @dataclass(frozen=True, slots=True)

@@ -40,7 +40,7 @@ import resource
 import struct
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
@@ -92,7 +92,12 @@ class Store:
         self.durable = durable
         self.checkpoint_bytes = checkpoint_bytes
         self.name_resolver = name_resolver
+        # Where ``get`` finds an object this store does not hold (None: nowhere, so
+        # ObjectNotFound); a worker running code next to the store sets it to a
+        # client's remote get, so pointers out of local objects reach remote ones.
+        self.fallback: Callable[[ObjectId], StoredObject] | None = None
         self._objects_dir = path / "objects"
+        self._objects_dir_str = str(self._objects_dir)  # paths without pathlib: hot
         self._mappings: dict[bytes, StoredObject] = {}
         self._mappings_guard = threading.Lock()
         # each mapping holds a descriptor: stay well inside the open-file limit
@@ -189,14 +194,23 @@ class Store:
         return self._objects_dir / hexid[:2] / hexid
 
     def get(self, oid: ObjectId) -> StoredObject:
-        """The mapped object with this ID (``ObjectNotFound``, ``CorruptObject``)."""
+        """The mapped object with this ID (``ObjectNotFound``, ``CorruptObject``); an
+        object the store does not hold comes from ``fallback`` when one is set."""
         obj = self._mappings.get(oid)
         if obj is not None:
             return obj
-        return self._map_object(oid)
+        fallback = self.fallback
+        if fallback is None:
+            return self._map_object(oid)
+        try:
+            return self._map_object(oid)
+        except ObjectNotFound:
+            pass  # outside the handler: the fallback's own errors stand alone
+        return fallback(oid)
 
     def _map_object(self, oid: ObjectId) -> StoredObject:
-        path = self.object_path(oid)
+        hexid = oid.hex()
+        path = f"{self._objects_dir_str}/{hexid[:2]}/{hexid}"
         try:
             fd = os.open(path, os.O_RDWR)
         except FileNotFoundError as exc:
@@ -209,7 +223,7 @@ class Store:
                 raise CorruptObject(f"object {oid.hex()} is truncated ({size} bytes)")
             header = ObjectHeader.decode(os.pread(fd, HEADER_RECORD_SIZE, 0))
             if header.object_id != oid:
-                raise CorruptObject(f"file {path.name} holds object {header.object_id.hex()}")
+                raise CorruptObject(f"file {hexid} holds object {header.object_id.hex()}")
             if size != header.max_size:
                 raise CorruptObject(
                     f"object {oid.hex()} is {size} bytes on disk, its header says {header.max_size}"
@@ -230,8 +244,44 @@ class Store:
             self._mappings[oid] = obj
         return obj
 
+    def metadata(self, oid: ObjectId, head: int = 0) -> tuple[ObjectHeader, bytes, bytes]:
+        """An object's header, its FOT bytes and the first ``head`` bytes of its data,
+        without mapping it when it is not mapped already: a walk over many objects
+        must not churn the mapping cache. ``ObjectNotFound`` if absent."""
+        obj = self._mappings.get(oid)
+        if obj is not None:
+            header = obj.header()
+            return (header, bytes(obj.view[header.fot_start : header.max_size]),
+                    bytes(obj.view[DATA_START : DATA_START + head]))  # fmt: skip
+        hexid = oid.hex()
+        path = f"{self._objects_dir_str}/{hexid[:2]}/{hexid}"
+        for _ in range(3):
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except FileNotFoundError as exc:
+                raise ObjectNotFound(f"no object {hexid} in store {self.path}") from exc
+            except OSError as exc:
+                raise StoreError(f"cannot open object {hexid}: {exc}") from exc
+            try:
+                try:
+                    header = ObjectHeader.decode(os.pread(fd, HEADER_RECORD_SIZE, 0),
+                                                 check_id=False)  # fmt: skip
+                except CorruptObject:
+                    continue  # read while this process applied a commit: read again
+                fot = os.pread(fd, header.max_size - header.fot_start, header.fot_start)
+                first = os.pread(fd, head, DATA_START) if head else b""
+            finally:
+                os.close(fd)
+            if header.object_id != oid:
+                raise CorruptObject(f"file {path} holds object {header.object_id.hex()}")
+            return header, fot, first
+        raise CorruptObject(f"object {hexid}: header unreadable ({path})")
+
     def exists(self, oid: ObjectId) -> bool:
-        return oid in self._mappings or self.object_path(oid).exists()
+        if oid in self._mappings:
+            return True
+        hexid = oid.hex()
+        return os.path.exists(f"{self._objects_dir_str}/{hexid[:2]}/{hexid}")
 
     def read(self, oid: ObjectId, offset: int, length: int) -> memoryview:
         """Zero-copy, read-only view of committed bytes of an object."""

@@ -210,6 +210,8 @@ def test_code_runs_where_the_data_is(clients: dict[str, Client]) -> None:
     assert report["ran_at"] == "n3" and report["choice"] == "code-to-data"
     assert report["estimates"]["n3"] < report["estimates"]["n1"]
     assert report["worker"]["remote_objects"] == 0  # every item was read in place
+    again = clients["n1"].run(code, ids[0])  # n3 holds a copy of the code object now
+    assert again["ran_at"] == "n3" and again["result"] == report["result"]
 
     here = clients["n1"].run(code, ids[0], where="here")
     assert here["ran_at"] == "n1" and here["result"] == report["result"]
