@@ -126,6 +126,8 @@ class GraphAgent:
         more: list[WalkStart] = []  # homed here, left for the next request
         me = self.cluster.node_id
         truncated = False
+        count = 0
+        summary = m.summary  # counts only: no objects or edges sent back
         queue = deque((s.object_id, s.depth) for s in m.starts)
         store = service.store
         magic_len = len(DIRECTORY_MAGIC)
@@ -133,7 +135,7 @@ class GraphAgent:
             oid, depth = queue.popleft()
             if oid in seen:
                 continue
-            if len(objects) >= EXPAND_MAX:  # bounded work per request: the rest next time
+            if count >= EXPAND_MAX:  # bounded work per request: the rest next time
                 more.append(WalkStart(oid, depth))
                 continue
             try:
@@ -142,33 +144,36 @@ class GraphAgent:
                 frontier.append(WalkStart(oid, depth))
                 continue
             size = image_bytes(header.data_len, header.fot_count)
-            if budget is not None and used + size > budget and objects:
+            if budget is not None and used + size > budget and count:
                 truncated = True
                 break
             seen.add(oid)
             used += size
-            copies = sorted(service.holders.get(oid, ()))
-            objects.append(GraphObject(oid, me, header.max_size, header.data_len,
-                                       header.fot_count, header.version, int(header.flags),
-                                       depth, copies, head == DIRECTORY_MAGIC))  # fmt: skip
+            count += 1
+            if not summary:
+                copies = sorted(service.holders.get(oid, ()))
+                objects.append(GraphObject(oid, me, header.max_size, header.data_len,
+                                           header.fot_count, header.version, int(header.flags),
+                                           depth, copies, head == DIRECTORY_MAGIC))  # fmt: skip
             end = len(fot)
             for index in range(1, header.fot_count + 1):
                 at = end - FOT_ENTRY_SIZE * index
                 edge = await self._edge(oid, index, fot[at : at + FOT_ENTRY_SIZE])
                 if edge is None:
                     continue
-                edges.append(edge)
+                if not summary:
+                    edges.append(edge)
                 if edge.target == ZERO_ID or edge.target in seen:
                     continue
                 if m.max_depth != NO_LIMIT and depth + 1 > m.max_depth:
                     truncated = True
                     continue
                 queue.append((edge.target, depth + 1))
-            if len(objects) % YIELD_EVERY == 0:
+            if count % YIELD_EVERY == 0:
                 await asyncio.sleep(0)  # keep serving others during a long walk
         self.stats["expands_served"] += 1
-        self.stats["objects_expanded"] += len(objects)
-        return GraphPart(objects, edges, frontier, truncated, more)
+        self.stats["objects_expanded"] += count
+        return GraphPart(objects, edges, frontier, truncated, more, count, used)
 
     async def _edge(self, oid: ObjectId, index: int, raw: bytes) -> GraphEdge | None:
         head, flags, reserved = _FOT_ENTRY.unpack(raw)
@@ -276,6 +281,47 @@ class GraphAgent:
             await self._annotate_uses(graph)
         _finish(graph, truncated=truncated)
         return graph
+
+    async def summarize(
+        self, root: ObjectId, *, budget: int | None = None
+    ) -> tuple[dict[str, int], int, bool]:
+        """Bytes per home of what ``root`` reaches, the objects counted, and whether
+        the budget cut it short: a walk whose holders send back counts, not objects
+        (what deciding where code runs needs)."""
+        walk_id = os.urandom(8)
+        frontier: dict[ObjectId, int] = {root: 0}
+        known: dict[ObjectId, str] = {}
+        by_home: dict[str, int] = defaultdict(int)
+        objects, truncated = 0, False
+        while frontier:
+            starts: dict[str, list[WalkStart]] = defaultdict(list)
+            unknown = [o for o in frontier if o not in known]
+            located = dict(zip(unknown, await asyncio.gather(*(self._home(o) for o in unknown)),
+                               strict=True))  # fmt: skip
+            for oid, d in frontier.items():
+                where = known.pop(oid, None) or located[oid]
+                if isinstance(where, str):
+                    starts[where].append(WalkStart(oid, d))
+            left = 0 if budget is None else max(1, budget - sum(by_home.values()))
+            homes = list(starts)
+            parts = await asyncio.gather(*(
+                self._expand(h, GraphExpand(walk_id, starts[h], NO_LIMIT, left, summary=True))
+                for h in homes
+            ))  # fmt: skip
+            frontier = {}
+            for home, part in zip(homes, parts, strict=True):
+                truncated |= part.truncated
+                by_home[home] += part.counted_bytes
+                objects += part.counted
+                for f in part.more:
+                    known[f.object_id] = home
+                    frontier[f.object_id] = f.depth
+                for f in part.frontier:
+                    frontier.setdefault(f.object_id, f.depth)
+            if budget is not None and sum(by_home.values()) >= budget:
+                truncated |= bool(frontier)
+                break
+        return dict(by_home), objects, truncated
 
     async def _home(self, oid: ObjectId) -> str | Exception:
         try:

@@ -16,7 +16,7 @@ import json
 import time
 from typing import Any, Protocol
 
-from dtwz.errors import ClusterError, CodeError, DtwzError, InvalidArgument
+from dtwz.errors import ClusterError, CodeError, InvalidArgument
 from dtwz.graph.agent import GraphAgent, image_bytes
 from dtwz.graph.code import CodeBody, decode_code
 from dtwz.graph.placement import choose_site
@@ -27,6 +27,10 @@ from dtwz.node.protocol import CodeResult, Message, RunCode
 from dtwz.node.service import ObjectService
 
 RESULT_MAX = 64 << 20  # bytes of JSON a function may return
+# the decision weighs at most this many reachable bytes: where the first 64 MiB a
+# function could read live is a good guess of where the rest does, and the walk
+# stays a small part of the run
+DECISION_BUDGET = 64 << 20
 
 
 class CodeCluster(Protocol):
@@ -77,15 +81,13 @@ class CodeExecutor:
         body, code_bytes, code_home = await self._load(code_id)
         report: dict[str, Any] = {"code": code_id.hex(), "root": root.hex()}
         if where == "auto":
-            graph = await self.agent.walk(root, uses=False)
-            held = [n for n in graph if self.service.copies.peek(_oid(n)) is not None]
-            choice = choose_site(graph, me, code_bytes=code_bytes, code_home=code_home,
-                                 held_at_caller=held)  # fmt: skip
+            by_home, objects, cut = await self.agent.summarize(root, budget=DECISION_BUDGET)
+            choice = choose_site(by_home, me, code_bytes=code_bytes, code_home=code_home)
             site = choice.site
             report |= {"choice": choice.choice, "estimates": choice.estimates,
                        "bytes_moved_estimate": choice.bytes_moved,
-                       "reachable_objects": graph.number_of_nodes(),
-                       "reachable_bytes": graph.graph["bytes"]}  # fmt: skip
+                       "reachable_objects": objects, "reachable_bytes": sum(by_home.values()),
+                       "estimate_cut_short": cut}  # fmt: skip
         else:
             site = me if where in ("here", "caller", me) else where
             report["choice"] = "asked"
@@ -109,7 +111,8 @@ class CodeExecutor:
     async def _run_here(
         self, body: CodeBody, root: ObjectId, args: list[Any], timeout: float
     ) -> tuple[Any, dict[str, Any]]:
-        outcome = await self.runner.run(body, root, args, timeout=timeout)
+        outcome = await self.runner.run(body, root, args, timeout=timeout,
+                                        generation=self.service.deletions)  # fmt: skip
         self.stats["runs_here"] += 1
         return outcome.result, {**outcome.stats, "elapsed": outcome.elapsed}
 
@@ -131,10 +134,3 @@ class CodeExecutor:
             raise CodeError(f"the function returned {len(raw)} bytes of JSON (limit {RESULT_MAX})")
         elapsed = int((time.perf_counter() - start) * 1e6)
         return CodeResult(raw, json.dumps(stats).encode("utf-8"), elapsed)
-
-
-def _oid(key: str) -> ObjectId:
-    try:
-        return ObjectId.parse(key)
-    except DtwzError:
-        return ObjectId(bytes(16))  # an unresolved or missing node: never held

@@ -15,7 +15,7 @@
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 import networkx as nx
@@ -136,32 +136,25 @@ class SiteChoice:
 
 
 def choose_site(
-    graph: nx.DiGraph[str],
+    bytes_by_home: Mapping[str, int],
     caller: str,
     *,
     code_bytes: int,
     code_home: str,
-    held_at_caller: Iterable[str] = (),
 ) -> SiteChoice:
     """Run at the caller (the data comes to it) or where most reachable bytes live
-    (the code goes there, and the data it lacks)."""
-    by_home: Counter[str] = Counter()
-    total = 0
-    held = set(held_at_caller)
-    for a in _objects(graph).values():
-        size = int(a.get("bytes", 0))  # type: ignore[call-overload]
-        total += size
-        by_home[str(a["home"])] += size
-    held_bytes = sum(int(graph.nodes[n].get("bytes", 0)) for n in held if n in graph)
+    (the code goes there, and the data it lacks). ``bytes_by_home``: the reachable
+    bytes each node homes."""
+    total = sum(bytes_by_home.values())
 
     def moved(site: str) -> int:
-        data = total - by_home[site] - (held_bytes if site == caller else 0)
+        data = total - bytes_by_home.get(site, 0)
         code = 0 if site == code_home else code_bytes  # whoever runs it fetches it
-        return max(0, data) + code
+        return data + code
 
     estimates = {caller: moved(caller)}
-    if by_home:
-        richest = max(sorted(by_home), key=lambda h: by_home[h])
+    if bytes_by_home:
+        richest = max(sorted(bytes_by_home), key=lambda h: bytes_by_home[h])
         estimates[richest] = moved(richest)
     site = min(estimates, key=lambda s: (estimates[s], s != caller))
     choice = "data-to-code" if site == caller else "code-to-data"

@@ -235,7 +235,13 @@ class CodeRunner:
         await self.close()
 
     async def run(
-        self, body: CodeBody, root: ObjectId, args: Sequence[Any] = (), *, timeout: float
+        self,
+        body: CodeBody,
+        root: ObjectId,
+        args: Sequence[Any] = (),
+        *,
+        timeout: float,
+        generation: int | None = None,
     ) -> RunOutcome:
         """Call ``body``'s function as ``entry(api, root, *args)`` in the worker.
 
@@ -243,14 +249,15 @@ class CodeRunner:
         if the function raised (its traceback is a note of the error), returned
         something that is not JSON, or its worker died. The timeout bounds the call
         itself, not the wait for earlier calls or for a fresh worker to start
-        (``start_timeout``).
+        (``start_timeout``). ``generation`` counts the objects the node deleted: while
+        it stays the same, the worker keeps its mappings from one call to the next.
         """
         if not timeout > 0:
             raise InvalidArgument(f"timeout must be positive, got {timeout!r}")
         call_id = next(self._call_ids)
         request = {
             "call_id": call_id, "source": body.source, "entry": body.entry,
-            "root": ObjectId(root).hex(), "args": list(args),
+            "root": ObjectId(root).hex(), "args": list(args), "generation": generation,
         }  # fmt: skip
         try:
             frame = encode_frame(request)

@@ -117,6 +117,7 @@ class LocalStore(Store):
 
     def __init__(self, path: Path, **options: Any) -> None:
         self.local_reads = 0
+        self._generation: int | None = None  # the node's deletion count at the last call
         # the client's get_linked: a remote pointer target fetched with its source
         self.linked: Callable[[ObjectId, ObjectId], StoredObject] | None = None
         super().__init__(path, **options)
@@ -145,12 +146,18 @@ class LocalStore(Store):
             return self.get(oid)
         return linked(oid, source)
 
-    def begin_call(self) -> None:
-        """Forget mappings and counters: each call sees objects deleted or moved
-        away since the last one as gone, and pointers into remote objects resolve
-        to fresh copies, not ones a previous call fetched."""
+    def begin_call(self, generation: int | None = None) -> None:
+        """Start a call. Pointers into remote objects resolve to fresh copies, not ones
+        a previous call fetched. Mappings are kept (mapping thousands of objects again
+        would cost more than most calls) unless the node's ``generation`` changed:
+        it did delete objects (moved away) that a kept mapping would still show."""
         with self._mappings_guard:
-            self._mappings.clear()
+            if generation is None or generation != self._generation:
+                self._mappings.clear()
+                self._generation = generation
+            else:
+                for obj in self._mappings.values():
+                    obj.forget_foreign()
         self.local_reads = 0
 
 
@@ -257,7 +264,8 @@ class CallRunner:
             entry, code, filename, root, args = self._parse(request)
         except CodeError as exc:
             return _error_frame(call_id, "CodeError", str(exc), "")
-        self.store.begin_call()
+        generation = request.get("generation")
+        self.store.begin_call(generation if isinstance(generation, int) else None)
         api = DataClient(self.node_url, self.store)
         started = time.perf_counter()
         try:

@@ -179,6 +179,17 @@ class StoredObject:
             memo[word] = (target, offset)
         return target, offset
 
+    def forget_foreign(self) -> None:
+        """Forget resolved pointer targets that are not of this object's own store
+        (copies a client fetched): their holder may be gone, or they may be stale."""
+        own = self._store
+        targets = self._fot_targets
+        for i, target in enumerate(targets):
+            if target is not None and target._store is not own:
+                targets[i] = None
+        if any(target._store is not own for target, _ in self.translations.values()):
+            self.translations.clear()
+
     def mark_deleted(self) -> None:
         """This object is gone (deleted here, or a copy dropped): no pointer may lead
         to it any more, so every translation in this process is forgotten."""

@@ -423,6 +423,7 @@ class GraphExpand(Message):
     starts: list[WalkStart]
     max_depth: U32
     budget: U64
+    summary: bool = False  # answer with counts only (``counted``, ``counted_bytes``)
 
 
 @dataclass(frozen=True, slots=True)
@@ -433,6 +434,8 @@ class GraphPart(Message):
     frontier: list[WalkStart]
     truncated: bool = False
     more: list[WalkStart] = field(default_factory=list)  # homed here, not expanded yet
+    counted: U32 = 0  # objects expanded
+    counted_bytes: U64 = 0  # their image bytes
 
 
 @dataclass(frozen=True, slots=True)

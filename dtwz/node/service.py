@@ -117,6 +117,7 @@ class ObjectService:
         self.forwarding: Callable[[bytes], tuple[str, int] | None] = lambda oid: None
         self.epochs: dict[bytes, int] = {}
         self._writing: dict[bytes, int] = {}
+        self.deletions = 0  # objects deleted here (moved away): code workers re-map
         # (source, target) -> dereferences that had to fetch the target (co-location)
         self.edge_uses: dict[tuple[bytes, bytes], int] = {}
         self.stats = {"remote_reads": 0, "local_reads": 0, "copy_reads": 0, "fetches_served": 0,
@@ -401,6 +402,7 @@ class ObjectService:
                     tx.delete(oid)
 
         await self._in_thread(delete)
+        self.deletions += len(oids)
 
     async def _once(self, txn_id: bytes, run: Callable[[], Awaitable[_M]]) -> _M:
         known = self._applied.get(txn_id)
