@@ -1,7 +1,8 @@
 """Run code where the data is (DESIGN.md §5), as one node coordinates it.
 
 A code object holds a function (``dtwz.graph.code``). To run it against a root
-the node asked walks the root's graph (metadata only), weighs the bytes each
+the node asked counts the bytes the root reaches on each node (a summary walk:
+holders send back counts, not objects), weighs the bytes each
 choice would move (``placement.choose_site``: the data to this node, or the code
 to the node homing most of the reachable bytes), and runs the function there in
 that node's worker process (``dtwz.graph.runner``), which reads local objects
