@@ -217,10 +217,19 @@ async def index(request: web.Request) -> web.Response:
         f"<td><a href='{html.escape(m['http'])}/'>{html.escape(m['http'])}</a></td></tr>"
         for m in status["members"]
     )
+    root = status.get("root")
+    graph_form = (  # the same drawings as `dtwz graph ROOT --format html`
+        "<h2>object graph</h2><form action='/graph/view'>"
+        "<input name='root' size=34 placeholder='object ID (32 hex digits)' required> "
+        "<input name='depth' size=4 placeholder='depth'> <button>draw</button></form>"
+        + (f"<p><a href='/graph/view?root={root}&amp;depth=2'>the namespace root</a></p>"
+           if root else "")
+    )  # fmt: skip
     body = (
         f"<!doctype html><title>dtwz {html.escape(status['node_id'])}</title>"
         f"<h1>dtwz node {html.escape(status['node_id'])}</h1>"
         f"<table border=1><tr><th>member</th><th>state</th><th>http</th></tr>{rows}</table>"
+        f"{graph_form}"
         f"<pre>{html.escape(json.dumps(status, indent=2))}</pre>"
     )
     return web.Response(text=body, content_type="text/html")

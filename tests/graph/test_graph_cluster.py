@@ -11,6 +11,7 @@ import random
 import struct
 from collections.abc import Iterator
 from pathlib import Path
+from xml.etree import ElementTree
 
 import pytest
 from click.testing import CliRunner
@@ -230,6 +231,9 @@ def test_the_web_view_and_the_cli_draw_the_graph(
     _link(clients["n1"], ids[1], ids[2])
     page = clients["n2"].graph_view(ids[0], "html")
     assert "<script" in page and ids[2].hex() in page
+    svg = ElementTree.fromstring(clients["n3"].graph_view(ids[0], "svg"))
+    assert svg.tag.endswith("svg")
+    assert "/graph/view" in clients["n1"]._call("GET", "/").body.decode()  # the web view
 
     url = clients["n1"].url
     runner = CliRunner()
