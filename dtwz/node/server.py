@@ -90,7 +90,7 @@ log = logging.getLogger(__name__)
 
 REPUBLISH_EVERY = 30.0
 RESEED_EVERY = 1.0
-PUBLISH_BATCH = 4096
+PUBLISH_BATCH = 1024  # records per Publish: encoding one must not stall the loop
 _NO_RECORD = HomeRecord(ObjectId(bytes(16)), "", 0, 0)
 
 
@@ -499,20 +499,23 @@ class Node:
         assert self.store is not None
         by_owner: dict[str, list[HomeRecord]] = defaultdict(list)
         count = 0
-        self.stats["republish_members"] = len(self.membership.alive_ids())
+        alive = self.membership.alive_ids()
+        self.stats["republish_members"] = len(alive)
         assert self.service is not None
+        # with no more members than copies every member owns every record: no hashing
+        everyone = alive if len(alive) <= self.config.directory_copies else None
         for oid in self.store.object_ids():
             record = HomeRecord(oid, self.node_id, 0, self.service.epoch_of(oid))
-            for owner in self._owners(oid):
-                by_owner[owner].append(record)
+            for owner in everyone or self._owners(oid):
+                batch = by_owner[owner]
+                batch.append(record)
+                if len(batch) >= PUBLISH_BATCH:
+                    await self._publish(owner, batch)  # as it fills: memory stays bounded
+                    by_owner[owner] = []
             count += 1
-            if count % 10_000 == 0:
+            if count % 1000 == 0:
                 await asyncio.sleep(0)  # keep serving while a large store is scanned
-        sends = []
-        for owner, records in by_owner.items():
-            for i in range(0, len(records), PUBLISH_BATCH):
-                sends.append(self._publish(owner, records[i : i + PUBLISH_BATCH]))
-        await asyncio.gather(*sends)
+        await asyncio.gather(*(self._publish(o, r) for o, r in by_owner.items() if r))
         # Records this shard no longer owns are kept: dropping them by this node's
         # view could drop a record another node just published here under a newer
         # view. They cost memory only; lookups go to the current owners.

@@ -71,7 +71,10 @@ _FSYNC_STARTED = 24  # u64: log fsyncs begun
 _FSYNC_DONE = 32  # u64: log fsyncs completed
 _SALT = 40  # u64: random, fixed at init; in every redo record
 _U64 = struct.Struct("<Q")
-_MAX_OPEN_MAPPINGS = 4096
+# objects mapped at once per process: each holds a descriptor (Python's mmap keeps a
+# duplicate) and a VMA (Linux allows 65,530 by default); a walk or a traversal of a
+# structure larger than this maps objects again and again
+_MAX_OPEN_MAPPINGS = 32768
 L = TypeVar("L", bound=views.Layout)
 
 
@@ -101,7 +104,8 @@ class Store:
         self._mappings: dict[bytes, StoredObject] = {}
         self._mappings_guard = threading.Lock()
         # each mapping holds a descriptor: stay well inside the open-file limit
-        self._max_mappings = min(_MAX_OPEN_MAPPINGS, _raise_open_file_limit() // 4)
+        # a quarter of the descriptors stay for sockets, logs and other stores
+        self._max_mappings = min(_MAX_OPEN_MAPPINGS, _raise_open_file_limit() * 3 // 4)
         self._closed = False
         try:
             meta = json.loads((path / "STORE").read_text())
