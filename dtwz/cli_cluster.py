@@ -95,6 +95,8 @@ _NODE_HELP = {
     "directory_copies": "Directory records kept per object.",
     "durable": "Make commits durable with fsync.",
     "cluster_id": "The cluster's identity (every node the same): it fixes the root directory.",
+    "prefetch_neighbours": "After fetching a copy on demand, fetch what its pointers lead to, "
+    "up to this many bytes, in the background (0: off).",
 }
 
 

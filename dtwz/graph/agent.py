@@ -45,6 +45,7 @@ from dtwz.graph import model
 from dtwz.graph.placement import Plan, group_moves, plan_colocation
 from dtwz.ids import ZERO_ID, ObjectId
 from dtwz.layout import FOT_ENTRY_SIZE, HEADER_RECORD_SIZE, FotEntry, FotFlags
+from dtwz.node.objects import StoredObject
 from dtwz.node.protocol import (
     EdgeCounts,
     EdgeUse,
@@ -111,6 +112,7 @@ class GraphAgent:
         self.service = service
         self.names = names
         self._walks: OrderedDict[bytes, set[bytes]] = OrderedDict()
+        self._background: set[asyncio.Task[None]] = set()
         self.stats = {"expands_served": 0, "objects_expanded": 0, "walks": 0, "prefetches": 0}
 
     # -- the holder's half -------------------------------------------------------------
@@ -427,6 +429,47 @@ class GraphAgent:
         self.stats["prefetches"] += 1
         return graph, stats
 
+    def prefetch_neighbours(self, budget: int) -> Callable[[StoredObject], None]:
+        """The policy ``ObjectService.on_fetched`` runs: after a copy is fetched on
+        demand, fetch in the background what its pointers lead to, breadth-first,
+        until about ``budget`` bytes came (one batch per holder per step)."""
+        pending: set[bytes] = set()  # objects a background prefetch is bringing
+
+        def fetched(obj: StoredObject) -> None:
+            if obj.object_id in pending:
+                return  # brought by a prefetch, not asked for: no chain reaction
+            task = asyncio.ensure_future(self._neighbours(obj, budget, pending))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+        return fetched
+
+    async def _neighbours(self, obj: StoredObject, budget: int, pending: set[bytes]) -> None:
+        got, level, added = 0, [obj], set()
+        try:
+            while level and got < budget:
+                targets = {t for o in level for t in _targets(o)
+                           if t not in pending and not self._held(t)}  # fmt: skip
+                if not targets:
+                    return
+                pending.update(targets)
+                added.update(targets)
+                by_home: dict[str, list[tuple[ObjectId, int]]] = defaultdict(list)
+                for t in targets:
+                    where = await self._home(t)
+                    if isinstance(where, str) and where != self.cluster.node_id:
+                        by_home[where].append((t, 0))
+                stats = await self.fetch_objects(by_home)
+                got += stats["bytes"]
+                level = [c.obj for t in targets if (c := self.service.copies.peek(t))]
+        except DtwzError as exc:  # a hint: failing is fine, the next read fetches
+            log.debug("neighbour prefetch stopped: %s", exc)
+        finally:
+            pending.difference_update(added)
+
+    def _held(self, oid: ObjectId) -> bool:
+        return self.service.copies.peek(oid) is not None or self.service.is_home(oid)
+
     async def fetch_objects(
         self, wanted: dict[str, list[tuple[ObjectId, int]]], progress: Progress | None = None
     ) -> dict[str, int]:
@@ -472,6 +515,19 @@ def _finish(graph: nx.DiGraph[str], *, truncated: bool) -> None:
     graph.graph["homes"] = sorted({h for h in homes.values() if h is not None})
     graph.graph["bytes"] = _total_bytes(graph)
     graph.graph["truncated"] = truncated
+
+
+def _targets(obj: StoredObject) -> list[ObjectId]:
+    """The objects the ID entries of ``obj``'s FOT name."""
+    out = []
+    for index in range(1, obj.header().fot_count + 1):
+        try:
+            entry = obj.fot_entry(index)
+        except DtwzError:
+            continue
+        if entry.is_valid and not entry.is_name and entry.target is not None:
+            out.append(entry.target)
+    return out
 
 
 def _object_attrs(o: GraphObject) -> dict[str, Any]:

@@ -40,6 +40,9 @@ class NodeConfig:
     directory_copies: int = 3
     durable: bool = True
     cluster_id: str = "dtwz"  # the cluster's identity: the root directory's ID derives from it
+    # after fetching a copy on demand, fetch what its pointers lead to, up to this
+    # many bytes, in the background (0: off)
+    prefetch_neighbours: int = 0
 
     @property
     def host(self) -> str:
@@ -70,6 +73,8 @@ class NodeConfig:
             raise InvalidArgument("need 0 < heartbeat_interval < suspect_after <= dead_after")
         if self.directory_copies < 1 or self.request_timeout <= 0:
             raise InvalidArgument("directory_copies >= 1 and request_timeout > 0")
+        if self.prefetch_neighbours < 0:
+            raise InvalidArgument("prefetch_neighbours is a number of bytes, 0 for off")
         if self.advertise_url and not self.advertise_url.startswith(("http://", "https://")):
             raise InvalidArgument(f"advertise_url must be http(s)://...: {self.advertise_url!r}")
         if not self.cluster_id or len(self.cluster_id) > 64:

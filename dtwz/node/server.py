@@ -140,6 +140,8 @@ class Node:
         self.names.startup()  # the root, if it is ours to create
         self.migrations = Migrations(data, self.service, self)
         self.graph = GraphAgent(self, self.service, self.names)
+        if c.prefetch_neighbours > 0:
+            self.service.on_fetched = self.graph.prefetch_neighbours(c.prefetch_neighbours)
         runner = CodeRunner(data / "store", self.config.http_url)
         self.code = CodeExecutor(self, self.service, self.graph, runner)
         await self.peer.start()

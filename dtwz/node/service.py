@@ -118,6 +118,8 @@ class ObjectService:
         self.epochs: dict[bytes, int] = {}
         self._writing: dict[bytes, int] = {}
         self.deletions = 0  # objects deleted here (moved away): code workers re-map
+        # called with each copy fetched on demand (the neighbour prefetch policy)
+        self.on_fetched: Callable[[StoredObject], None] | None = None
         # (source, target) -> dereferences that had to fetch the target (co-location)
         self.edge_uses: dict[tuple[bytes, bytes], int] = {}
         self.stats = {"remote_reads": 0, "local_reads": 0, "copy_reads": 0, "fetches_served": 0,
@@ -537,6 +539,8 @@ class ObjectService:
             self.stats["remote_reads"] += 1
             if copy is None:
                 continue  # invalidated while in flight
+            if self.on_fetched is not None:
+                self.on_fetched(copy.obj)
             return copy.obj, copy.version, home
         raise TransactionConflict(f"object {oid.hex()} kept changing while fetched")
 

@@ -40,6 +40,7 @@ import resource
 import struct
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
@@ -75,6 +76,7 @@ _U64 = struct.Struct("<Q")
 # duplicate) and a VMA (Linux allows 65,530 by default); a walk or a traversal of a
 # structure larger than this maps objects again and again
 _MAX_OPEN_MAPPINGS = 32768
+_OPEN_STORES: weakref.WeakSet[Store] = weakref.WeakSet()
 L = TypeVar("L", bound=views.Layout)
 
 
@@ -103,9 +105,10 @@ class Store:
         self._objects_dir_str = str(self._objects_dir)  # paths without pathlib: hot
         self._mappings: dict[bytes, StoredObject] = {}
         self._mappings_guard = threading.Lock()
-        # each mapping holds a descriptor: stay well inside the open-file limit
-        # a quarter of the descriptors stay for sockets, logs and other stores
+        # each mapping holds a descriptor: all the stores of this process together
+        # stay inside 3/4 of the open-file limit (the rest: sockets, logs, the WAL)
         self._max_mappings = min(_MAX_OPEN_MAPPINGS, _raise_open_file_limit() * 3 // 4)
+        _OPEN_STORES.add(self)
         self._closed = False
         try:
             meta = json.loads((path / "STORE").read_text())
@@ -181,6 +184,7 @@ class Store:
             return
         self._closed = True
         self._mappings.clear()
+        _OPEN_STORES.discard(self)
         self._ctl.close()
         os.close(self._ctl_fd)
         os.close(self._log_fd)
@@ -238,15 +242,24 @@ class Store:
         finally:
             os.close(fd)
         obj = StoredObject(self, ObjectId(oid), mapping)
+        self._make_room()
         with self._mappings_guard:
             cached = self._mappings.get(oid)
             if cached is not None:
                 return cached
-            if len(self._mappings) >= self._max_mappings:
-                # drop the oldest; views a caller still holds keep their mapping alive
-                del self._mappings[next(iter(self._mappings))]
             self._mappings[oid] = obj
         return obj
+
+    def _make_room(self) -> None:
+        """Drop the oldest mapping of the fullest store of this process when the
+        process is at its budget (views a caller still holds keep theirs alive)."""
+        stores = list(_OPEN_STORES)
+        if sum(len(s._mappings) for s in stores) < self._max_mappings:
+            return
+        fullest = max(stores, key=lambda s: len(s._mappings))
+        with fullest._mappings_guard:
+            if fullest._mappings:
+                del fullest._mappings[next(iter(fullest._mappings))]
 
     def metadata(self, oid: ObjectId, head: int = 0) -> tuple[ObjectHeader, bytes, bytes]:
         """An object's header, its FOT bytes and the first ``head`` bytes of its data,

@@ -9,8 +9,10 @@ from __future__ import annotations
 import json
 import random
 import struct
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from xml.etree import ElementTree
 
 import pytest
@@ -254,3 +256,26 @@ def test_the_web_view_and_the_cli_draw_the_graph(
 
     result = runner.invoke(cli, ["graph", "--node", url, "show", "nothex"])
     assert result.exit_code == 2
+
+
+def test_the_neighbour_policy_prefetches_what_a_fetched_object_points_to(
+    make_cluster: Any,
+) -> None:
+    cluster = make_cluster(2, "--prefetch-neighbours", "4096", name="neighbours")
+    with cluster.client("n2") as home, cluster.client("n1") as reader:
+        ids = [home.create(SIZE, struct.pack("<QQQQ", i, 0, 0, 0)) for i in range(12)]
+        for i in range(len(ids) - 1):
+            _link(home, ids[i], ids[i + 1])
+        before = reader.cluster_status()["service"]
+        reader.read(ids[0], DATA_START, 8)  # one fetch on demand at n1 ...
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # ... brings its neighbours in the background
+            if reader.cluster_status()["service"]["prefetched"] >= 3:
+                break
+            time.sleep(0.05)
+        after = reader.cluster_status()["service"]
+        assert after["prefetched"] >= 3
+        assert after["prefetched"] < len(ids) - 1  # about 4 KiB of images, not the list
+        assert after["remote_reads"] == before["remote_reads"] + 1
+        assert reader.read(ids[1], DATA_START, 8) == struct.pack("<Q", 1)  # a copy: no fetch
+        assert reader.cluster_status()["service"]["remote_reads"] == after["remote_reads"]
