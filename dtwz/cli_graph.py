@@ -130,13 +130,15 @@ def graph_prefetch(
 @graph.command("migrate")
 @click.argument("objects", nargs=-1, required=True, type=REF)
 @click.option("--to", "to_node", required=True, metavar="NODE_ID", help="The new home.")
+@click.option("--reachable", is_flag=True,
+              help="Move everything OBJECTS reach too (a linked group; not directories).")
 @json_option
 @pass_remote
 def graph_migrate(rc: RemoteConfig, objects: tuple[ObjectRef, ...], to_node: str,
-                  as_json: bool) -> None:  # fmt: skip
+                  reachable: bool, as_json: bool) -> None:  # fmt: skip
     """Move the home of OBJECTS to another node (no write lost or applied twice)."""
     with rc.client() as client:
-        doc = client.migrate(list(objects), to_node)
+        doc = client.migrate(list(objects), to_node, reachable=reachable)
     moved = sum(len(m["versions"]) for m in doc["migrated"])
     rc.emit(as_json, doc, f"{moved} objects now homed on {to_node}")
 

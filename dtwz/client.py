@@ -598,9 +598,12 @@ class Client:
         return remote.prefetch(self, root, depth=depth, budget=budget, to_client=to_client,
                                progress=progress)  # fmt: skip
 
-    def migrate(self, objects: Sequence[ObjectRef], to_node: str) -> dict[str, Any]:
-        """Move the objects' home to ``to_node`` (DESIGN.md §4 rules)."""
-        return remote.migrate(self, objects, to_node)
+    def migrate(
+        self, objects: Sequence[ObjectRef], to_node: str, *, reachable: bool = False
+    ) -> dict[str, Any]:
+        """Move the objects' home to ``to_node`` (DESIGN.md §4 rules); with
+        ``reachable``, everything they reach too (a linked group)."""
+        return remote.migrate(self, objects, to_node, reachable=reachable)
 
     def colocate(
         self, root: ObjectRef, *, depth: int | None = None, budget: int | None = None,

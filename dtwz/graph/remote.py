@@ -104,8 +104,17 @@ def prefetch(
                           int(done.get("requests", 0)))  # fmt: skip
 
 
-def migrate(client: Client, objects: Sequence[ObjectRef], to_node: str) -> dict[str, Any]:
+def migrate(
+    client: Client, objects: Sequence[ObjectRef], to_node: str, *, reachable: bool = False
+) -> dict[str, Any]:
     ids = [client.resolve(o).hex() for o in objects]
+    if reachable:  # the whole linked group: everything the objects reach (not directories)
+        group = dict.fromkeys(ids)
+        for oid in ids:
+            for key, attrs in walk(client, oid, uses=False).nodes(data=True):
+                if attrs.get("kind") == "object" and not attrs.get("directory"):
+                    group.setdefault(key)
+        ids = list(group)
     for oid in ids:
         client.refresh(oid)  # its home changes: copies are re-fetched from the new one
     return dict(client._mutate_json("POST", "/graph/migrate", {"ids": ids, "to": to_node}))

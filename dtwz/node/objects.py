@@ -179,6 +179,12 @@ class StoredObject:
             memo[word] = (target, offset)
         return target, offset
 
+    def forget_targets(self) -> None:
+        """Drop every resolved pointer target (the store evicted this mapping): a
+        chain of objects must not keep each other mapped past the store's budget."""
+        self._fot_targets = [None]
+        self.translations.clear()
+
     def forget_foreign(self) -> None:
         """Forget resolved pointer targets that are not of this object's own store
         (copies a client fetched): their holder may be gone, or they may be stale."""

@@ -105,9 +105,10 @@ class Store:
         self._objects_dir_str = str(self._objects_dir)  # paths without pathlib: hot
         self._mappings: dict[bytes, StoredObject] = {}
         self._mappings_guard = threading.Lock()
-        # each mapping holds a descriptor: all the stores of this process together
-        # stay inside 3/4 of the open-file limit (the rest: sockets, logs, the WAL)
-        self._max_mappings = min(_MAX_OPEN_MAPPINGS, _raise_open_file_limit() * 3 // 4)
+        # each mapping holds a descriptor: the mappings of all the stores of this
+        # process stay under 3/8 of the open-file limit (objects a cached mapping
+        # points to stay mapped through it; the rest: sockets, logs, the WAL)
+        self._max_mappings = min(_MAX_OPEN_MAPPINGS, _raise_open_file_limit() * 3 // 8)
         _OPEN_STORES.add(self)
         self._closed = False
         try:
@@ -259,7 +260,8 @@ class Store:
         fullest = max(stores, key=lambda s: len(s._mappings))
         with fullest._mappings_guard:
             if fullest._mappings:
-                del fullest._mappings[next(iter(fullest._mappings))]
+                oldest = fullest._mappings.pop(next(iter(fullest._mappings)))
+                oldest.forget_targets()  # else what it points to stays mapped through it
 
     def metadata(self, oid: ObjectId, head: int = 0) -> tuple[ObjectHeader, bytes, bytes]:
         """An object's header, its FOT bytes and the first ``head`` bytes of its data,

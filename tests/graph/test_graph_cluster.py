@@ -254,6 +254,11 @@ def test_the_web_view_and_the_cli_draw_the_graph(
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["objects"] == 3
 
+    result = runner.invoke(cli, ["graph", "--node", url, "migrate", ids[0].hex(), "--to", "n2",
+                                 "--reachable", "--json"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert {a["home"] for _, a in clients["n3"].walk(ids[0]).nodes(data=True)} == {"n2"}
+
     result = runner.invoke(cli, ["graph", "--node", url, "show", "nothex"])
     assert result.exit_code == 2
 
