@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -590,3 +591,25 @@ def test_checkpoint_empties_the_log(store: Store, path: Path) -> None:
     assert os.path.getsize(path / "wal.log") == 0
     assert store.checkpoint() == 0
     assert bytes(store.read(a, DATA_START, 1)) == b"x"
+
+
+def test_a_long_chain_does_not_keep_every_object_mapped(tmp_path: Path) -> None:
+    """Evicted mappings forget their pointer targets: following a list longer than
+    the mapping budget holds about the budget's worth of descriptors, not the list."""
+    store = Store.open(tmp_path / "chain", create=True, durable=False)
+    try:
+        with store.transaction() as tx:
+            ids = [tx.create(8192) for _ in range(400)]
+            for oid in ids:
+                tx.append(oid, bytes(16))
+            for a, b in itertools.pairwise(ids):
+                tx.write_pointer(a, DATA_START + 8, b, DATA_START)
+        store._max_mappings = 50
+        fds = len(os.listdir("/proc/self/fd"))
+        head = obj = store.get(ids[0])
+        for _ in range(len(ids) - 1):
+            obj, _ = obj.follow(obj.read_u64(DATA_START + 8))
+        assert obj.object_id == ids[-1] and head.object_id == ids[0]
+        assert len(os.listdir("/proc/self/fd")) - fds < 120
+    finally:
+        store.close()
