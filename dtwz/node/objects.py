@@ -10,6 +10,7 @@ a mask and two comparisons.
 
 from __future__ import annotations
 
+import ctypes
 import mmap
 import struct
 import time
@@ -76,13 +77,19 @@ class StoredObject:
     )
 
     def __init__(
-        self, store: ObjectSource, object_id: ObjectId, mapping: mmap.mmap | bytearray
+        self,
+        store: ObjectSource,
+        object_id: ObjectId,
+        mapping: mmap.mmap | bytearray | ctypes.Array[ctypes.c_char],
     ) -> None:
         self._store = store
         self.object_id = object_id
-        self._map = mapping
-        self.max_size = len(mapping)
-        self.view = memoryview(mapping).toreadonly()
+        whole = memoryview(mapping)
+        if whole.format != "B":  # a ctypes mapping exports chars
+            whole = whole.cast("B")
+        self._map = whole  # writes (the store's commit path) and u64 reads go through it
+        self.max_size = len(whole)
+        self.view = whole.toreadonly()
         # index -> resolved target (ID entries only). Index 0 means this object but
         # holds None: a reference to self would make a cycle that only the garbage
         # collector frees, keeping the mapping (and its descriptor) alive
