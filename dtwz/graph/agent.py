@@ -24,6 +24,7 @@ Theory of operation
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 import struct
@@ -241,11 +242,12 @@ class GraphAgent:
         max_depth = NO_LIMIT if depth is None else depth
         truncated = False
         known: dict[ObjectId, str] = {}  # frontier objects whose home a holder told us
+        stale: dict[ObjectId, int] = {}  # sent to a holder that did not home them
         while frontier:
             by_home: dict[str, list[WalkStart]] = defaultdict(list)
             unknown = [o for o in frontier if o not in known]
-            located = dict(zip(unknown, await asyncio.gather(*(self._home(o) for o in unknown)),
-                               strict=True))  # fmt: skip
+            located = dict(zip(unknown, await asyncio.gather(
+                *(self._home(o, refresh=o in stale) for o in unknown)), strict=True))  # fmt: skip
             for oid, d in frontier.items():
                 where = known.pop(oid, None) or located[oid]
                 if isinstance(where, str):
@@ -271,8 +273,12 @@ class GraphAgent:
                 for f in part.more:  # homed there, left for another request
                     known[f.object_id] = home
                     frontier[f.object_id] = f.depth
+                asked = {w.object_id for w in by_home[home]}
                 for f in part.frontier:
-                    if f.object_id.hex() not in graph:
+                    if f.object_id in asked and _stale(stale, f.object_id):
+                        graph.add_node(f.object_id.hex(), kind="missing", depth=f.depth,
+                                       error=f"{home} does not home it any more")  # fmt: skip
+                    elif f.object_id.hex() not in graph:
                         frontier[f.object_id] = min(f.depth, frontier.get(f.object_id, f.depth))
             if budget is not None and _total_bytes(graph) >= budget:
                 truncated |= bool(frontier)
@@ -293,13 +299,14 @@ class GraphAgent:
         walk_id = os.urandom(8)
         frontier: dict[ObjectId, int] = {root: 0}
         known: dict[ObjectId, str] = {}
+        stale: dict[ObjectId, int] = {}
         by_home: dict[str, int] = defaultdict(int)
         objects, truncated = 0, False
         while frontier:
             starts: dict[str, list[WalkStart]] = defaultdict(list)
             unknown = [o for o in frontier if o not in known]
-            located = dict(zip(unknown, await asyncio.gather(*(self._home(o) for o in unknown)),
-                               strict=True))  # fmt: skip
+            located = dict(zip(unknown, await asyncio.gather(
+                *(self._home(o, refresh=o in stale) for o in unknown)), strict=True))  # fmt: skip
             for oid, d in frontier.items():
                 where = known.pop(oid, None) or located[oid]
                 if isinstance(where, str):
@@ -318,16 +325,18 @@ class GraphAgent:
                 for f in part.more:
                     known[f.object_id] = home
                     frontier[f.object_id] = f.depth
+                asked = {w.object_id for w in starts[home]}
                 for f in part.frontier:
-                    frontier.setdefault(f.object_id, f.depth)
+                    if not (f.object_id in asked and _stale(stale, f.object_id)):
+                        frontier.setdefault(f.object_id, f.depth)
             if budget is not None and sum(by_home.values()) >= budget:
                 truncated |= bool(frontier)
                 break
         return dict(by_home), objects, truncated
 
-    async def _home(self, oid: ObjectId) -> str | Exception:
+    async def _home(self, oid: ObjectId, *, refresh: bool = False) -> str | Exception:
         try:
-            return (await self.cluster.locate(oid)).home
+            return (await self.cluster.locate(oid, refresh=refresh)).home
         except (ObjectNotFound, ClusterError) as exc:
             return exc
 
@@ -375,8 +384,8 @@ class GraphAgent:
         for oid in dict.fromkeys(oids):
             by_home[(await self.cluster.locate(oid)).home].append(oid)
         txn_id = txn_id or os.urandom(16)
-        replies = await asyncio.gather(*(
-            self._migrate_from(home, Migrate(txn_id, ids, to_node))
+        replies = await asyncio.gather(*(  # one transaction ID per home: one move each
+            self._migrate_from(home, Migrate(_per_home(txn_id, home), ids, to_node))
             for home, ids in sorted(by_home.items())
         ))  # fmt: skip
         return list(replies)
@@ -501,6 +510,17 @@ class GraphAgent:
 
         await asyncio.gather(*(from_home(h, items) for h, items in wanted.items()))
         return stats
+
+
+def _per_home(txn_id: bytes, home: str) -> bytes:
+    return hashlib.sha256(txn_id + home.encode("utf-8")).digest()[:16]
+
+
+def _stale(stale: dict[ObjectId, int], oid: ObjectId) -> bool:
+    """A holder sent back an object it was asked to expand: its location was stale
+    (it moved). The next step asks the directory afresh; a third time, give up."""
+    stale[oid] = stale.get(oid, 0) + 1
+    return stale[oid] > 2
 
 
 def _total_bytes(graph: nx.DiGraph[str]) -> int:

@@ -34,6 +34,7 @@ object moved in or out. On start-up the last line per object wins.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import os
@@ -221,7 +222,8 @@ class Migrations:
 
     async def _ship(self, to_node: str, message: MigrateIn) -> None:
         reply = await self.cluster.request(to_node, message, SHIP_TIMEOUT)
-        if not isinstance(reply, Ack):
+        # the count must match: the objects are deleted here only once they are there
+        if not isinstance(reply, Ack) or reply.count != len(message.images):
             raise MigrationError(f"node {to_node} answered a migration with {reply!r}")
 
     async def _hand_over(self, oids: Sequence[ObjectId], to_node: str, epoch: int) -> None:
@@ -285,7 +287,10 @@ class Migrations:
     # -- the new home ----------------------------------------------------------------
 
     async def on_migrate_in(self, m: MigrateIn) -> Ack:
-        return await self.service.once(m.txn_id, lambda: self._arrive(m))
+        # once per (transaction, objects): two homes moving objects under one
+        # transaction ID are two arrivals, not a retry
+        key = hashlib.sha256(m.txn_id + b"".join(i.object_id for i in m.images)).digest()[:16]
+        return await self.service.once(key, lambda: self._arrive(m))
 
     async def _arrive(self, m: MigrateIn) -> Ack:
         service = self.service

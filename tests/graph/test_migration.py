@@ -124,3 +124,27 @@ def test_a_migration_survives_a_restart_of_both_homes(
         n2.write(oid, DATA_START, b"DURABLE")
     with cluster.client("n1") as again:
         assert again.read(oid, latest=True) == b"DURABLE"
+
+
+def test_a_group_from_several_homes_arrives_whole(cluster3: LocalCluster) -> None:
+    """One call moving objects of three homes: three moves, none taken for a retry
+    of another (each object is at the new home with its bytes, none is lost)."""
+    with cluster3.client("n1") as n1:
+        ids = [n1.create(8192, f"item {i}".encode(), node=home)
+               for i, home in enumerate(["n1", "n2", "n3", "n1"])]  # fmt: skip
+        objects_before = _objects_per_node(cluster3)
+        n1.migrate(ids, "n2")
+        for i, oid in enumerate(ids):
+            assert n1.locate(oid, refresh=True).home == "n2"
+            assert n1.read(oid, latest=True) == f"item {i}".encode()
+        objects_after = _objects_per_node(cluster3)
+        assert sum(objects_after.values()) == sum(objects_before.values())
+        assert objects_after["n2"] == objects_before["n2"] + 3
+
+
+def _objects_per_node(cluster: LocalCluster) -> dict[str, int]:
+    counts = {}
+    for node in cluster.node_ids:
+        with cluster.client(node) as client:
+            counts[node] = int(client.cluster_status()["objects"])
+    return counts
