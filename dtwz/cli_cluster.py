@@ -45,6 +45,7 @@ from rich.console import Console
 from rich.table import Table
 
 from dtwz import cluster as local_cluster
+from dtwz.auth import decode_capability_header
 from dtwz.cli import (
     OFFSET,
     PROT,
@@ -95,6 +96,8 @@ _NODE_HELP = {
     "directory_copies": "Directory records kept per object.",
     "durable": "Make commits durable with fsync.",
     "cluster_id": "The cluster's identity (every node the same): it fixes the root directory.",
+    "security": "Signed requests, access checks and CurveZMQ between nodes.",
+    "keys_dir": "The cluster's keys folder, shared by its nodes; made on first start.",
 }
 
 
@@ -314,13 +317,18 @@ REF = ObjectRefParam()
                    f"$DTWZ_CLUSTER or {DEFAULT_CLUSTER_DIR}, else {DEFAULT_NODE_URL}]")  # fmt: skip
 @click.option("--timeout", type=click.FloatRange(0.1), default=10.0, show_default=True,
               help="Seconds to wait for the node.")  # fmt: skip
+@click.option("--capability", "capabilities", multiple=True, envvar="DTWZ_CAPABILITY",
+              help="A capability to send with each request (repeat; `dtwz cap grant`).")
 @click.pass_context
-def remote(ctx: click.Context, url: str | None, timeout: float) -> None:
+def remote(
+    ctx: click.Context, url: str | None, timeout: float, capabilities: tuple[str, ...]
+) -> None:
     """Objects and names of a running cluster, through any node.
 
     Wherever an object is asked for, its ID or its name (/kvs/index) will do.
     """
-    ctx.obj = RemoteConfig(ctx.find_object(CliConfig) or CliConfig(Path("."), False), url, timeout)
+    base = ctx.find_object(CliConfig) or CliConfig(Path("."), False)
+    ctx.obj = RemoteConfig(base, url, timeout, tuple(capabilities))
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -328,14 +336,22 @@ class RemoteConfig:
     base: CliConfig
     url: str | None
     timeout: float
+    capabilities: tuple[str, ...] = ()
 
     def client(self) -> Client:
+        client = self._client()
+        for text in self.capabilities:
+            client.add_capability(decode_capability_header(text))
+        return client
+
+    def _client(self) -> Client:
+        identity = local_cluster.default_identity()  # $DTWZ_IDENTITY, else the local admin
         if self.url is not None:
-            return Client(self.url, timeout=self.timeout)
+            return Client(self.url, timeout=self.timeout, identity=identity)
         folder = Path(os.environ.get("DTWZ_CLUSTER", DEFAULT_CLUSTER_DIR))
         if (folder / local_cluster.CLUSTER_FILE).exists():  # `dtwz cluster up` ran here
-            return local_cluster.connect(timeout=self.timeout)
-        return Client(DEFAULT_NODE_URL, timeout=self.timeout)
+            return local_cluster.connect(timeout=self.timeout, identity=identity)
+        return Client(DEFAULT_NODE_URL, timeout=self.timeout, identity=identity)
 
     def emit(self, as_json: bool, doc: dict[str, Any], text: str) -> None:
         self.base.emit(as_json, doc, text)
@@ -612,4 +628,5 @@ def remote_status(rc: RemoteConfig, as_json: bool) -> None:
 
 
 import dtwz.cli_graph  # noqa: E402  (registers `dtwz graph`)
-import dtwz.cli_names  # noqa: E402, F401  (registers the namespace commands on `remote`)
+import dtwz.cli_names  # noqa: E402  (registers the namespace commands on `remote`)
+import dtwz.cli_security  # noqa: E402, F401  (registers `dtwz keys`, `identity` and `cap`)

@@ -1,7 +1,7 @@
 """One node's configuration: typed defaults, filled from a file, ``DTWZ_*`` variables
 and flags, in that order of precedence (flags win).
 
-Defaults are safe: everything binds to loopback. A TOML file holds the same keys
+Defaults are safe: everything binds to loopback, and security is on. A TOML file holds the same keys
 as the dataclass fields (``node_id = "n1"``, ``seeds = ["tcp://10.0.0.2:7100"]``);
 environment variables are the upper-cased field names with the ``DTWZ_`` prefix
 (``DTWZ_PEER_PORT=7101``, ``DTWZ_SEEDS=tcp://a:7100,tcp://b:7100``).
@@ -40,6 +40,10 @@ class NodeConfig:
     directory_copies: int = 3
     durable: bool = True
     cluster_id: str = "dtwz"  # the cluster's identity: the root directory's ID derives from it
+    # signed requests, access checks and CurveZMQ between nodes (docs/SECURITY.md §9)
+    security: bool = True
+    # the cluster's keys folder (shared by its nodes); made on first start if missing
+    keys_dir: Path = Path("data/keys")
 
     @property
     def host(self) -> str:
