@@ -223,7 +223,7 @@ def start_node_a(stack: contextlib.ExitStack, root: Path) -> tuple[str, int]:
         sys.executable, "-m", "dtwz", "node", "run", "--node-id", "a",
         "--data-dir", str(root / "a"), "--bind-host", _HOST,
         "--peer-port", str(peer_port), "--http-port", str(http_port),
-        "--no-durable", "--log-level", "warning",
+        "--no-durable", "--log-level", "warning", "--keys-dir", str(root / "keys"),
     ]  # fmt: skip
     proc = _spawn(stack, argv, log)
     try:
@@ -328,7 +328,7 @@ class ClusterBench:
         b_peer, b_http = free_ports(2)
         config = NodeConfig(
             node_id="b", data_dir=self.root / "b", bind_host=_HOST, peer_port=b_peer,
-            http_port=b_http, seeds=[peer_a], durable=False,
+            http_port=b_http, seeds=[peer_a], durable=False, keys_dir=self.root / "keys",
         )  # fmt: skip
         self.b = Node(config)
         self.stack.callback(self._stop_b)

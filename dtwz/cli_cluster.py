@@ -97,7 +97,8 @@ _NODE_HELP = {
     "durable": "Make commits durable with fsync.",
     "cluster_id": "The cluster's identity (every node the same): it fixes the root directory.",
     "security": "Signed requests, access checks and CurveZMQ between nodes.",
-    "keys_dir": "The cluster's keys folder, shared by its nodes; made on first start.",
+    "keys_dir": "The cluster's keys folder, shared by its nodes; made on first start."
+    "  [default: DATA_DIR/keys]",
 }
 
 

@@ -42,8 +42,13 @@ class NodeConfig:
     cluster_id: str = "dtwz"  # the cluster's identity: the root directory's ID derives from it
     # signed requests, access checks and CurveZMQ between nodes (docs/SECURITY.md §9)
     security: bool = True
-    # the cluster's keys folder (shared by its nodes); made on first start if missing
-    keys_dir: Path = Path("data/keys")
+    # the cluster's keys folder, shared by its nodes (default: DATA_DIR/keys, which
+    # suits a node on its own); whatever is missing is made on first start
+    keys_dir: Path = Path("")
+
+    @property
+    def keys_folder(self) -> Path:
+        return self.keys_dir if self.keys_dir != Path("") else self.data_dir / "keys"
 
     @property
     def host(self) -> str:

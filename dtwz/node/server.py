@@ -163,7 +163,7 @@ class Node:
     def _setup_security(self) -> Path:
         """Keys (made on first start, this node admitted), CurveZMQ on the peer
         endpoint and the access policy; the identity file its code worker signs with."""
-        folder = self.config.keys_dir
+        folder = self.config.keys_folder
         admitted = keyfiles.ensure_keys(folder, [self.node_id], curve_keypair)
         mine = keyfiles.NodeKeys.load(folder, self.node_id)
         assert self.service is not None
@@ -193,7 +193,7 @@ class Node:
             return False
         self._admitted_read = now
         try:
-            admitted = keyfiles.Admitted.load(self.config.keys_dir)
+            admitted = keyfiles.Admitted.load(self.config.keys_folder)
         except DtwzError as exc:
             log.warning("cannot reread the admitted keys: %s", exc)
             return False

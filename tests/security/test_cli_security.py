@@ -79,8 +79,9 @@ def test_revoking_is_letting_it_expire(cluster: LocalCluster, tmp_path: Path) ->
     alice, bob = tmp_path / "alice.id", tmp_path / "bob.id"
     ok(run("identity", "new", str(alice)))
     bob_kuid = json.loads(ok(run("identity", "new", str(bob), "--json")))["kuid"]
-    oid = json.loads(ok(run("remote", "--node", url, "create", "--size", "8K", "--prot",
-                            "none", "--data", "x", "--json", identity=alice)))["object_id"]  # fmt: skip
+    created = run("remote", "--node", url, "create", "--size", "8K", "--prot", "none",
+                  "--data", "x", "--json", identity=alice)  # fmt: skip
+    oid = json.loads(ok(created))["object_id"]
     cap = ok(run("cap", "grant", oid, "--to", bob_kuid, "--rights", "r", "--expires", "1",
                  "--identity", str(alice)))  # fmt: skip
     time.sleep(2.1)
