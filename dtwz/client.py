@@ -745,6 +745,8 @@ class Client:
     ) -> Iterator[tuple[int, memoryview]]:
         """The frames of a streamed answer (``dtwz.graph.stream``), read as they come."""
         target = f"{path}?{urlencode(query)}"
+        if self.identity is not None and not self._key_stored:
+            self.register_key()  # a stream cannot be sent again on UnknownKey: store it first
         headers = self._auth_headers(method, target, b"")
         conn, _ = self._pool.take()
         _set_timeout(conn, self.timeout)

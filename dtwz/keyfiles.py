@@ -15,7 +15,7 @@ Invariants: secrets are written 0600, atomically, and never replaced; a node is
 admitted by adding its public keys to ``admitted.json`` under an exclusive
 ``flock``, so nodes of a compose cluster may add themselves concurrently. Curve
 keys are made by a function the caller passes in (``dtwz.node.peer.curve_keypair``:
-only that module imports zmq). docs/SECURITY.md §9 has the trust model.
+only that module imports zmq). docs/SECURITY.md §8 has the layout and the trust model.
 """
 
 from __future__ import annotations

@@ -45,7 +45,7 @@ Failure handling:
 - Malformed frames get an ``ErrorReply`` when their envelope can be read and are
   dropped otherwise; the receive loop never dies of bad input.
 
-Authentication (``Curve``, docs/SECURITY.md §9): with security on, every socket
+Authentication (``Curve``, docs/SECURITY.md §6, §8): with security on, every socket
 speaks CurveZMQ. All ROUTERs share the cluster's server key pair, so any DEALER
 knows the server key; each DEALER has its node's own client pair, and a ZAP
 handler (a thread of pyzmq's authenticator on this endpoint's context) admits a

@@ -287,3 +287,13 @@ def test_delegation_narrows_and_cannot_widen(sec: LocalCluster, people: People) 
 
 def test_replay_error_is_a_subclass_users_can_catch() -> None:
     assert issubclass(ReplayedRequest, AccessDenied)
+
+
+def test_with_security_off_nothing_is_asked(make_cluster: Callable[..., LocalCluster]) -> None:
+    cluster = make_cluster(2, "--no-security")
+    with client_as(cluster, None, "n1") as anonymous:
+        oid = anonymous.create(8192, b"open", prot=PRIVATE)
+        assert anonymous.info(oid)["kuid"] == bytes(16).hex()  # created unowned
+    with client_as(cluster, None, "n2") as anonymous:  # peers speak without CurveZMQ
+        anonymous.write(oid, DATA_START, b"OPEN")
+        assert anonymous.read(oid, latest=True) == b"OPEN"
