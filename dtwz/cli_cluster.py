@@ -45,6 +45,7 @@ from rich.console import Console
 from rich.table import Table
 
 from dtwz import cluster as local_cluster
+from dtwz import keyfiles
 from dtwz.auth import decode_capability_header
 from dtwz.cli import (
     OFFSET,
@@ -232,8 +233,11 @@ def cluster_up(
     nodes = [spec.to_json() for spec in started.nodes]
     lines = [f"cluster of {len(nodes)} nodes in {started.data_dir}:"]
     lines += [f"  {d['node_id']:8} {d['url']:24} peer {d['peer']:24} pid {d['pid']}" for d in nodes]
+    admin = keyfiles.admin_identity_file(started.keys_dir)
+    lines.append(f"admin identity: {admin} (clients here use it; DTWZ_IDENTITY picks another)")
     lines.append(f"try: dtwz remote --node {nodes[0]['url']} status")
-    cfg.emit(as_json, {"data_dir": str(started.data_dir), "nodes": nodes}, "\n".join(lines))
+    doc = {"data_dir": str(started.data_dir), "nodes": nodes, "admin_identity": str(admin)}
+    cfg.emit(as_json, doc, "\n".join(lines))
 
 
 @cluster.command("status")
