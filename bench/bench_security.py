@@ -208,6 +208,5 @@ class _Reader:
             read(oid, DATA_START, 4096)
 
 
-
 if __name__ == "__main__":
     main()

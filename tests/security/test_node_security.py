@@ -198,9 +198,7 @@ def test_running_code_needs_exec_on_the_code(sec: LocalCluster, people: People) 
         assert bob.run(code, root, where="here")["result"] == 3
 
 
-def test_default_protections_apply_without_a_capability(
-    sec: LocalCluster, people: People
-) -> None:
+def test_default_protections_apply_without_a_capability(sec: LocalCluster, people: People) -> None:
     with client_as(sec, people.alice) as alice:
         readable = alice.create(8192, b"public", prot=int(Rights.READ))
     with client_as(sec, people.bob, "n2") as bob:
@@ -231,9 +229,7 @@ def test_a_gate_limits_the_bytes(sec: LocalCluster, people: People) -> None:
     assert state(sec, oid)[0] == b"ABCDEFGH89abcdef"
 
 
-def test_bad_capabilities_are_refused_and_change_nothing(
-    sec: LocalCluster, people: People
-) -> None:
+def test_bad_capabilities_are_refused_and_change_nothing(sec: LocalCluster, people: People) -> None:
     oid = private_object(sec, people.alice)
     rw = Rights.READ | Rights.WRITE
     good = grant(people.alice, oid, people.bob.kuid, rw, expiry())
