@@ -53,8 +53,11 @@ from rich.console import Console
 from bench.common import check_dir, parser, scratch_dir
 from bench.report import Report, Row, Target
 from bench.timing import Batch, Timing, measure, run_concurrently
+from dtwz import keyfiles
+from dtwz.auth import body_sha256, sign_request
 from dtwz.cluster import free_ports
 from dtwz.ids import ObjectId
+from dtwz.keys import Identity
 from dtwz.layout import DATA_START
 from dtwz.node.config import NodeConfig
 from dtwz.node.protocol import Create, Created, HomeRecord
@@ -65,6 +68,7 @@ from dtwz.resolver.membership import MemberState
 _LOG = Console(stderr=True)
 _HOST = "127.0.0.1"
 _SMALL = 4096
+_EMPTY_DIGEST = body_sha256(b"")
 _BIG = 1 << 20
 _ZERO_COPY_FROM = 64 << 10  # as the peer endpoint: copy small frames, track big ones
 _START_TIMEOUT_S = 30.0
@@ -223,7 +227,7 @@ def start_node_a(stack: contextlib.ExitStack, root: Path) -> tuple[str, int]:
         sys.executable, "-m", "dtwz", "node", "run", "--node-id", "a",
         "--data-dir", str(root / "a"), "--bind-host", _HOST,
         "--peer-port", str(peer_port), "--http-port", str(http_port),
-        "--no-durable", "--log-level", "warning",
+        "--no-durable", "--log-level", "warning", "--keys-dir", str(root / "keys"),
     ]  # fmt: skip
     proc = _spawn(stack, argv, log)
     try:
@@ -328,7 +332,7 @@ class ClusterBench:
         b_peer, b_http = free_ports(2)
         config = NodeConfig(
             node_id="b", data_dir=self.root / "b", bind_host=_HOST, peer_port=b_peer,
-            http_port=b_http, seeds=[peer_a], durable=False,
+            http_port=b_http, seeds=[peer_a], durable=False, keys_dir=self.root / "keys",
         )  # fmt: skip
         self.b = Node(config)
         self.stack.callback(self._stop_b)
@@ -515,7 +519,8 @@ class ClusterBench:
         for n in (s.clients, 1):
             ops = n * s.client_requests
             timed = partial(measure, ops=ops, repeat=self.repeat)
-            prepare = partial(_http_client, self.http_a, paths, s.client_requests)
+            admin = keyfiles.admin_identity_file(self.root / "keys")  # requests are signed
+            prepare = partial(_http_client, self.http_a, paths, s.client_requests, admin)
             ours = timed(partial(run_concurrently, prepare, n, processes=True))
             base = None
             if self.redis_port is not None:
@@ -634,21 +639,26 @@ async def _redis_async_gets(host: str, port: int, keys: Sequence[str]) -> int:
         await client.aclose()
 
 
-def _http_client(port: int, paths: list[str], count: int, i: int) -> Callable[[], None]:
-    """In a forked client: one keep-alive connection, ``count`` GETs of 4 KiB."""
+def _http_client(
+    port: int, paths: list[str], count: int, identity_file: Path, i: int
+) -> Callable[[], None]:
+    """In a forked client: one keep-alive connection, ``count`` signed GETs of 4 KiB
+    (signing is part of what a client pays, so it is inside the timing)."""
     conn = http.client.HTTPConnection(_HOST, port)
     mine = _cycle(paths[i * 97 % len(paths) :] + paths, count)
-    _http_get(conn, mine[0])  # connect before the start line
+    identity = Identity.load(identity_file)
+    _http_get(conn, mine[0], identity)  # connect before the start line
 
     def work() -> None:
         for path in mine:
-            _http_get(conn, path)
+            _http_get(conn, path, identity)
 
     return work
 
 
-def _http_get(conn: http.client.HTTPConnection, path: str) -> None:
-    conn.request("GET", path)
+def _http_get(conn: http.client.HTTPConnection, path: str, identity: Identity) -> None:
+    headers = sign_request(identity, "GET", path, _EMPTY_DIGEST, time.time(), audience="a")
+    conn.request("GET", path, headers=headers)
     response = conn.getresponse()
     body = response.read()
     if response.status != 200 or len(body) != _SMALL:

@@ -37,9 +37,11 @@ from bench.bench_cluster import LoopThread, start_node_a
 from bench.common import check_dir, parser, scratch_dir
 from bench.report import Report, Row
 from bench.timing import measure_interleaved
+from dtwz import keyfiles
 from dtwz.client import Client
 from dtwz.cluster import free_ports
 from dtwz.ids import ObjectId
+from dtwz.keys import Identity
 from dtwz.node.config import NodeConfig
 from dtwz.node.server import Node
 from dtwz.resolver.membership import MemberState
@@ -100,15 +102,16 @@ class NamesBench:
         b_peer, b_http = free_ports(2)
         config = NodeConfig(node_id="b", data_dir=self.root / "b", bind_host=_HOST,
                             peer_port=b_peer, http_port=b_http, seeds=[peer_a],
-                            durable=False)  # fmt: skip
+                            durable=False, keys_dir=self.root / "keys")  # fmt: skip
         self.b = Node(config)
         self.stack.callback(lambda: self.on_loop.run(self.b.shutdown()))
         self.on_loop.run(self.b.startup())
         self.on_loop.run(self._joined())
-        self.client = Client(config.http_addr)
+        admin = Identity.load(keyfiles.admin_identity_file(self.root / "keys"))
+        self.client = Client(config.http_addr, identity=admin)
         self.stack.callback(self.client.close)
         _LOG.log(f"making {self.scale.paths} trees /bK/c/d/obj, homed on A ...")
-        with Client(f"http://{_HOST}:{self._http_a()}") as at_a:
+        with Client(f"http://{_HOST}:{self._http_a()}", identity=admin) as at_a:
             for k in range(self.scale.paths):
                 at_a.mkdir(f"/b{k}/c/d", parents=True)
                 oid = at_a.create(8192, b"target")

@@ -33,11 +33,12 @@ for ((i = 4; i <= n; i++)); do
     environment:
       DTWZ_SEEDS: tcp://n1:7100,tcp://n2:7100,tcp://n3:7100
       DTWZ_CLUSTER_ID: \${DTWZ_CLUSTER_ID:-dtwz}
+      DTWZ_KEYS_DIR: /keys
       DTWZ_NODE_ID: n$i
       DTWZ_ADVERTISE_HOST: n$i
       DTWZ_ADVERTISE_URL: http://\${DTWZ_PUBLIC_HOST:-127.0.0.1}:\${DTWZ_N${i}_PORT:-$((7000 + i))}
     ports: ["\${DTWZ_PUBLISH_ADDR:-127.0.0.1}:\${DTWZ_N${i}_PORT:-$((7000 + i))}:7000"]
-    volumes: ["n$i-data:/data"]
+    volumes: ["n$i-data:/data", "keys:/keys"]
     depends_on: [n1]
     deploy:
       replicas: 1

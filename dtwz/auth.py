@@ -45,7 +45,8 @@ DIGEST_BYTES = 32
 MAX_CAPABILITY_HEADER = 4096  # characters; a chain of MAX_CHAIN links needs < 1600
 
 _METHOD = re.compile(r"[A-Z]{1,16}")
-_PATH = re.compile(r"/[\x21-\x7e]{0,8191}")  # as on the request line: no spaces, no controls
+# as on the request line (nodes take lines up to 16 KiB): no spaces, no controls
+_PATH = re.compile(r"/[\x21-\x7e]{0,16383}")
 _AUDIENCE = re.compile(r"[\x21-\x7e]{0,255}")
 _DECIMAL = re.compile(r"0|[1-9][0-9]{0,18}")  # no leading zeros: one spelling
 _HEX = re.compile(r"[0-9a-f]*")

@@ -45,6 +45,8 @@ from rich.console import Console
 from rich.table import Table
 
 from dtwz import cluster as local_cluster
+from dtwz import keyfiles
+from dtwz.auth import decode_capability_header
 from dtwz.cli import (
     OFFSET,
     PROT,
@@ -97,6 +99,9 @@ _NODE_HELP = {
     "cluster_id": "The cluster's identity (every node the same): it fixes the root directory.",
     "prefetch_neighbours": "After fetching a copy on demand, fetch what its pointers lead to, "
     "up to this many bytes, in the background (0: off).",
+    "security": "Signed requests, access checks and CurveZMQ between nodes.",
+    "keys_dir": "The cluster's keys folder, shared by its nodes; made on first start."
+    "  [default: DATA_DIR/keys]",
 }
 
 
@@ -230,8 +235,11 @@ def cluster_up(
     nodes = [spec.to_json() for spec in started.nodes]
     lines = [f"cluster of {len(nodes)} nodes in {started.data_dir}:"]
     lines += [f"  {d['node_id']:8} {d['url']:24} peer {d['peer']:24} pid {d['pid']}" for d in nodes]
+    admin = keyfiles.admin_identity_file(started.keys_dir)
+    lines.append(f"admin identity: {admin} (clients here use it; DTWZ_IDENTITY picks another)")
     lines.append(f"try: dtwz remote --node {nodes[0]['url']} status")
-    cfg.emit(as_json, {"data_dir": str(started.data_dir), "nodes": nodes}, "\n".join(lines))
+    doc = {"data_dir": str(started.data_dir), "nodes": nodes, "admin_identity": str(admin)}
+    cfg.emit(as_json, doc, "\n".join(lines))
 
 
 @cluster.command("status")
@@ -316,13 +324,18 @@ REF = ObjectRefParam()
                    f"$DTWZ_CLUSTER or {DEFAULT_CLUSTER_DIR}, else {DEFAULT_NODE_URL}]")  # fmt: skip
 @click.option("--timeout", type=click.FloatRange(0.1), default=10.0, show_default=True,
               help="Seconds to wait for the node.")  # fmt: skip
+@click.option("--capability", "capabilities", multiple=True, envvar="DTWZ_CAPABILITY",
+              help="A capability to send with each request (repeat; `dtwz cap grant`).")
 @click.pass_context
-def remote(ctx: click.Context, url: str | None, timeout: float) -> None:
+def remote(
+    ctx: click.Context, url: str | None, timeout: float, capabilities: tuple[str, ...]
+) -> None:
     """Objects and names of a running cluster, through any node.
 
     Wherever an object is asked for, its ID or its name (/kvs/index) will do.
     """
-    ctx.obj = RemoteConfig(ctx.find_object(CliConfig) or CliConfig(Path("."), False), url, timeout)
+    base = ctx.find_object(CliConfig) or CliConfig(Path("."), False)
+    ctx.obj = RemoteConfig(base, url, timeout, tuple(capabilities))
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -330,14 +343,22 @@ class RemoteConfig:
     base: CliConfig
     url: str | None
     timeout: float
+    capabilities: tuple[str, ...] = ()
 
     def client(self) -> Client:
+        client = self._client()
+        for text in self.capabilities:
+            client.add_capability(decode_capability_header(text))
+        return client
+
+    def _client(self) -> Client:
+        identity = local_cluster.default_identity()  # $DTWZ_IDENTITY, else the local admin
         if self.url is not None:
-            return Client(self.url, timeout=self.timeout)
+            return Client(self.url, timeout=self.timeout, identity=identity)
         folder = Path(os.environ.get("DTWZ_CLUSTER", DEFAULT_CLUSTER_DIR))
         if (folder / local_cluster.CLUSTER_FILE).exists():  # `dtwz cluster up` ran here
-            return local_cluster.connect(timeout=self.timeout)
-        return Client(DEFAULT_NODE_URL, timeout=self.timeout)
+            return local_cluster.connect(timeout=self.timeout, identity=identity)
+        return Client(DEFAULT_NODE_URL, timeout=self.timeout, identity=identity)
 
     def emit(self, as_json: bool, doc: dict[str, Any], text: str) -> None:
         self.base.emit(as_json, doc, text)
@@ -614,4 +635,5 @@ def remote_status(rc: RemoteConfig, as_json: bool) -> None:
 
 
 import dtwz.cli_graph  # noqa: E402  (registers `dtwz graph`)
-import dtwz.cli_names  # noqa: E402, F401  (registers the namespace commands on `remote`)
+import dtwz.cli_names  # noqa: E402  (registers the namespace commands on `remote`)
+import dtwz.cli_security  # noqa: E402, F401  (registers `dtwz keys`, `identity` and `cap`)

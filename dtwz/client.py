@@ -27,6 +27,12 @@ taken too. The node resolves it from its name cache, which the directories' home
 keep honest by invalidating copies, so the client keeps no name cache of its own.
 Late-bound pointers (FOT name entries) in copies resolve so, at every dereference.
 ``dtwz.connect()`` (``dtwz.cluster.connect``) finds a node by itself.
+
+Security: with an ``identity``, every request is signed (``dtwz.auth``) for the
+node's ID as audience (learnt once from ``/health``) and carries the
+capabilities added with ``add_capability``. A node that does not know the key
+answers ``UnknownKey``; the client then stores its key object and sends the
+request again, once. ``identity_from_env()`` loads ``$DTWZ_IDENTITY``.
 """
 
 from __future__ import annotations
@@ -37,12 +43,15 @@ import http.client
 import json
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlencode, urlsplit
 
 from dtwz import errors
+from dtwz.auth import CAPABILITY_HEADER, body_sha256, encode_capability_header, sign_request
+from dtwz.capabilities import Capability
 from dtwz.errors import (
     ClusterError,
     CorruptObject,
@@ -52,10 +61,12 @@ from dtwz.errors import (
     PeerUnavailable,
     ProtocolError,
     TransactionConflict,
+    UnknownKey,
     UnresolvedName,
 )
 from dtwz.graph import remote, stream
 from dtwz.ids import ObjectId
+from dtwz.keys import Identity
 from dtwz.layout import DATA_START, HEADER_RECORD_SIZE, ObjectHeader
 from dtwz.node.copies import CopyCache
 from dtwz.node.objects import NameResolver, StoredObject
@@ -238,6 +249,8 @@ class Client:
         timeout: float = DEFAULT_TIMEOUT,
         cache_bytes: int = 256 << 20,
         name_resolver: NameResolver | None = None,
+        identity: Identity | None = None,
+        audience: str | None = None,
     ) -> None:
         parts = urlsplit(url if "://" in url else f"http://{url}")
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -255,6 +268,38 @@ class Client:
         self._pool = _Pool(parts.scheme, parts.hostname, port, timeout)
         self._copies = CopyCache(self, cache_bytes)
         self._copies_lock = threading.RLock()
+        self.identity = identity
+        self._audience = audience  # the node's ID; asked of /health on first use
+        self._capabilities: dict[ObjectId, str] = {}  # target -> header value
+        self._key_stored = False
+
+    def add_capability(self, cap: Capability) -> None:
+        """Send ``cap`` with every request from now on (one per target object)."""
+        self._capabilities[cap.target] = encode_capability_header(cap)
+
+    def drop_capability(self, target: ObjectRef) -> None:
+        self._capabilities.pop(_oid(target), None)
+
+    def register_key(self) -> bool:
+        """Store this client's public key as its key object in the cluster (idempotent);
+        True when it was created now."""
+        if self.identity is None:
+            raise InvalidArgument("this client has no identity")
+        response = self._call("POST", "/keys", None, self.identity.record.encode(),
+                              headers={"X-Dtwz-Txn": os.urandom(16).hex()})  # fmt: skip
+        self._key_stored = True
+        return response.status == 201
+
+    def _auth_headers(self, method: str, target: str, body: bytes | None) -> dict[str, str]:
+        if self.identity is None:
+            return {}
+        if self._audience is None:
+            self._audience = str(self._call("GET", "/health", sign=False).json()["node_id"])
+        headers = sign_request(self.identity, method, target, body_sha256(body or b""),
+                               time.time(), audience=self._audience)  # fmt: skip
+        if self._capabilities:
+            headers[CAPABILITY_HEADER] = ",".join(self._capabilities.values())
+        return headers
 
     def close(self) -> None:
         self._pool.close()
@@ -277,16 +322,16 @@ class Client:
     # -- node and cluster --------------------------------------------------------
 
     def health(self) -> dict[str, Any]:
-        return dict(self._call("GET", "/health").json())
+        return dict(self._call("GET", "/health", sign=False).json())
 
     def ready(self) -> bool:
         """True when the node has joined the cluster (``/ready`` answers 200)."""
-        response = self._call("GET", "/ready", check=False)
+        response = self._call("GET", "/ready", check=False, sign=False)
         return response.status == 200
 
     def cluster_status(self) -> dict[str, Any]:
         """The node's view: members, directory, copies, cache and store counters."""
-        return dict(self._call("GET", "/cluster").json())
+        return dict(self._call("GET", "/cluster", sign=False).json())
 
     def locate(self, oid: ObjectRef, *, refresh: bool = False) -> ObjectLocation:
         oid = self.resolve(oid)
@@ -646,13 +691,18 @@ class Client:
         headers: Mapping[str, str] | None = None,
         check: bool = True,
         timeout: float | None = None,
+        sign: bool = True,
     ) -> _Response:
         target = f"{path}?{urlencode(query)}" if query else path
-        all_headers = {"Content-Type": "application/octet-stream", **(headers or {})}
+        base_headers = {"Content-Type": "application/octet-stream", **(headers or {})}
         mutation = method != "GET"
         failures = 0
         stale_allowed = True
+        key_retry = sign and self.identity is not None and not self._key_stored
         while True:
+            # signed afresh for every attempt: a node refuses a nonce it has seen
+            all_headers = {**base_headers, **self._auth_headers(method, target, body)} \
+                if sign else base_headers  # fmt: skip
             conn, reused = self._pool.take()
             _set_timeout(conn, timeout or self.timeout)
             try:
@@ -676,6 +726,11 @@ class Client:
                 conn.close()
             else:
                 self._pool.give_back(conn)
+            if key_retry and response.status == 401 and path != "/keys":
+                key_retry = False
+                if isinstance(_error_from(response, self.url), UnknownKey):
+                    self.register_key()  # a key the cluster did not know: store it, once
+                    continue
             break
         if check and response.status >= 400:
             raise _error_from(response, self.url)
@@ -692,10 +747,14 @@ class Client:
         self, method: str, path: str, query: Mapping[str, Any]
     ) -> Iterator[tuple[int, memoryview]]:
         """The frames of a streamed answer (``dtwz.graph.stream``), read as they come."""
+        target = f"{path}?{urlencode(query)}"
+        if self.identity is not None and not self._key_stored:
+            self.register_key()  # a stream cannot be sent again on UnknownKey: store it first
+        headers = self._auth_headers(method, target, b"")
         conn, _ = self._pool.take()
         _set_timeout(conn, self.timeout)
         try:
-            conn.request(method, f"{path}?{urlencode(query)}", body=b"")
+            conn.request(method, target, body=b"", headers=headers)
             raw = conn.getresponse()
             if raw.status >= 400:
                 got = {k.lower(): v for k, v in raw.getheaders()}
@@ -729,6 +788,12 @@ class Client:
 
 
 _STALE = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError)
+
+
+def identity_from_env() -> Identity | None:
+    """The identity in the file ``$DTWZ_IDENTITY`` names, if it is set."""
+    path = os.environ.get("DTWZ_IDENTITY")
+    return Identity.load(path) if path else None
 
 
 def _set_timeout(conn: http.client.HTTPConnection, timeout: float) -> None:

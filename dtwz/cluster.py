@@ -6,6 +6,8 @@ different processes::
     <data_dir>/cluster.json        node IDs, ports, URLs and pids
     <data_dir>/<node_id>/store/    the node's object store
     <data_dir>/<node_id>/node.log  the node's stdout and stderr (appended across runs)
+    <data_dir>/keys/               the cluster's keys (``dtwz.keyfiles``): admin identity,
+                                   node identities, CurveZMQ keys, admitted.json
 
 Invariants:
 - every node gets the same seed list, the first node's peer address;
@@ -38,14 +40,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dtwz.client import Client
+from dtwz import keyfiles
+from dtwz.client import Client, identity_from_env
 from dtwz.errors import ClusterError, DtwzError, InvalidArgument
+from dtwz.keys import Identity
 
 __all__ = [
     "LocalCluster",
     "NodeSpec",
     "NodeStatus",
     "connect",
+    "default_identity",
     "down",
     "free_ports",
     "status",
@@ -54,6 +59,7 @@ __all__ = [
 ]
 
 CLUSTER_FILE = "cluster.json"
+KEYS_DIR = "keys"
 DEFAULT_DATA_DIR = "data/cluster"
 HOST = "127.0.0.1"
 PEER_PORT_OFFSET = 100  # base port P: HTTP on P + i, peer endpoint on P + 100 + i
@@ -208,7 +214,28 @@ class LocalCluster:
     def urls(self) -> dict[str, str]:
         return {n.node_id: n.url for n in self.nodes}
 
+    @property
+    def keys_dir(self) -> Path:
+        return self.data_dir / KEYS_DIR
+
+    @property
+    def admin(self) -> Identity:
+        """The cluster's admin identity (made by the first ``up``)."""
+        return Identity.load(keyfiles.admin_identity_file(self.keys_dir))
+
+    def ensure_keys(self) -> None:
+        """Make the cluster's keys on first start and admit every node (idempotent).
+        A new cluster's admin is ``$DTWZ_IDENTITY`` when that is set, so the identity
+        a user's clients sign with administers the clusters the user starts."""
+        from dtwz.node.peer import curve_keypair  # the one module that imports zmq
+
+        keyfiles.ensure_keys(self.keys_dir, self.node_ids, curve_keypair, identity_from_env())
+
     def client(self, node_id: str, **kwargs: Any) -> Client:
+        """A client of one node, signing as the admin unless ``identity=`` says otherwise."""
+        kwargs.setdefault("audience", node_id)
+        if "identity" not in kwargs and keyfiles.admin_identity_file(self.keys_dir).exists():
+            kwargs["identity"] = self.admin
         return Client(self.node(node_id).url, **kwargs)
 
     # -- processes ---------------------------------------------------------------------
@@ -222,6 +249,7 @@ class LocalCluster:
     ) -> None:
         """Start nodes (default: all) and wait until the whole cluster is ready."""
         specs = self.nodes if node_ids is None else [self.node(i) for i in node_ids]
+        self.ensure_keys()
         started = []
         try:
             for spec in specs:
@@ -243,7 +271,7 @@ class LocalCluster:
             "--node-id", spec.node_id, "--data-dir", str(spec.data_dir),
             "--bind-host", HOST, "--peer-port", str(spec.peer_port),
             "--http-port", str(spec.http_port), "--seeds", ",".join(self.seeds),
-            *self.node_args,
+            "--keys-dir", str(self.keys_dir), *self.node_args,
         ]  # fmt: skip
         with spec.log_path.open("ab") as log:
             log.write(f"--- dtwz cluster: starting {spec.node_id} at {time.ctime()}\n".encode())
@@ -437,11 +465,23 @@ def connect(url: str | None = None, **options: Any) -> Client:
     """A client of a node of a cluster: ``url``; else ``DTWZ_NODE``; else the first
     node that answers of the local cluster in ``DTWZ_CLUSTER`` or ./data/cluster
     (the folder of ``dtwz cluster up``). Options go to ``Client``."""
+    folder = Path(os.environ.get("DTWZ_CLUSTER", DEFAULT_DATA_DIR))
     if url is None:
-        url = os.environ.get("DTWZ_NODE") or _answering_node(
-            Path(os.environ.get("DTWZ_CLUSTER", DEFAULT_DATA_DIR))
-        )
+        url = os.environ.get("DTWZ_NODE") or _answering_node(folder)
+    if "identity" not in options:
+        options["identity"] = default_identity(folder)
     return Client(url, **options)
+
+
+def default_identity(folder: Path | None = None) -> Identity | None:
+    """Who a client signs as without being told: ``$DTWZ_IDENTITY``, else the admin of
+    the local cluster in ``folder`` (``$DTWZ_CLUSTER`` or ./data/cluster), else nobody."""
+    identity = identity_from_env()
+    if identity is not None:
+        return identity
+    folder = folder or Path(os.environ.get("DTWZ_CLUSTER", DEFAULT_DATA_DIR))
+    admin = keyfiles.admin_identity_file(folder / KEYS_DIR)
+    return Identity.load(admin) if admin.exists() else None
 
 
 def _answering_node(data_dir: Path) -> str:

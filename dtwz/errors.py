@@ -40,7 +40,8 @@ so callers never have to know which library sat underneath::
     └── AccessDenied                a request lacks a valid capability or proof
         ├── InvalidCapability       malformed, forged or badly delegated capability
         ├── CapabilityExpired       a capability (or a link of its chain) is past its expiry
-        └── ReplayedRequest         a signed request seen before, or outside the time window
+        ├── ReplayedRequest         a signed request seen before, or outside the time window
+        └── UnknownKey              the request's key is not known to the cluster (register it)
 
 ``InvalidArgument`` (also a ``ValueError``) covers bad sizes, offsets and flags
 given by a caller; ``InvalidName`` is one too, so a bad path is a usage error.
@@ -217,3 +218,8 @@ class CapabilityExpired(AccessDenied):
 class ReplayedRequest(AccessDenied):
     """A signed request whose nonce was seen before, or whose timestamp is outside
     the window in which replays can be recognised."""
+
+
+class UnknownKey(AccessDenied):
+    """A signed request whose key the cluster does not know: the client should store
+    its public key object (``POST /keys``) and send the request again."""

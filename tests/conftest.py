@@ -8,6 +8,7 @@ failing test left behind, so no test run leaks processes.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import pytest
 
 from dtwz import cluster as local_cluster
 from dtwz.cluster import LocalCluster
+from dtwz.keys import Identity
 
 START_TIMEOUT = 60.0  # generous: CI machines start Python processes slowly
 
@@ -48,6 +50,22 @@ def make_cluster(tmp_path: Path) -> Iterator[ClusterFactory]:
 
     with stack:
         yield make
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _admin_identity(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Identity]:
+    """One identity for the session: every cluster a test starts makes it its admin
+    (``DTWZ_IDENTITY``), so clients and CLI commands sign as admin wherever they go."""
+    path = tmp_path_factory.mktemp("identity") / "admin.id"
+    admin = Identity.generate("test admin")
+    admin.save(path)
+    before = os.environ.get("DTWZ_IDENTITY")
+    os.environ["DTWZ_IDENTITY"] = str(path)
+    yield admin
+    if before is None:
+        os.environ.pop("DTWZ_IDENTITY", None)
+    else:
+        os.environ["DTWZ_IDENTITY"] = before
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -19,7 +19,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from dtwz.cli import cli
-from dtwz.client import Client
+from dtwz.client import Client, identity_from_env
 from dtwz.cluster import LocalCluster, down, free_ports, up
 from dtwz.errors import DtwzError, InvalidArgument
 from dtwz.layout import DATA_START
@@ -151,7 +151,10 @@ def test_node_run_takes_file_env_and_flags_and_exits_cleanly_on_sigterm(tmp_path
             "--data-dir", str(tmp_path / "node"), "--node-id", "solo"]  # fmt: skip
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        with Client(f"http://127.0.0.1:{http_port}", timeout=1.0) as client:
+        # a node on its own makes its keys and admin; any identity may sign (its key
+        # object is stored on first use) and owns what it creates
+        identity = identity_from_env()
+        with Client(f"http://127.0.0.1:{http_port}", timeout=1.0, identity=identity) as client:
             deadline = time.monotonic() + 60
             while True:
                 try:

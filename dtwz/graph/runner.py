@@ -79,7 +79,9 @@ class _Worker:
         self._drain = asyncio.create_task(self._drain_stderr(proc.stderr))
 
     @classmethod
-    async def start(cls, store_dir: Path, node_url: str, timeout: float) -> _Worker:
+    async def start(
+        cls, store_dir: Path, node_url: str, timeout: float, identity_file: Path | None = None
+    ) -> _Worker:
         ours, theirs = socket.socketpair()
         try:
             proc = await asyncio.create_subprocess_exec(
@@ -91,7 +93,7 @@ class _Worker:
                 stderr=asyncio.subprocess.PIPE,
                 pass_fds=(theirs.fileno(),),
                 start_new_session=True,  # its own group: killed with what it started
-                env=_worker_env(),
+                env=_worker_env(identity_file),
             )  # fmt: skip
         except BaseException as exc:  # cancelled too: asyncio kills a half-started child
             ours.close()
@@ -209,11 +211,13 @@ class CodeRunner:
         store_dir: Path,
         node_url: str,
         *,
+        identity_file: Path | None = None,
         start_timeout: float = START_TIMEOUT,
         stop_timeout: float = STOP_TIMEOUT,
     ) -> None:
         self.store_dir = Path(store_dir)
         self.node_url = node_url
+        self.identity_file = identity_file  # what the worker signs its requests with
         self.start_timeout = start_timeout
         self.stop_timeout = stop_timeout
         self._lock = asyncio.Lock()
@@ -339,7 +343,9 @@ class CodeRunner:
             await self._discard(worker)
             worker = None
         if worker is None:
-            worker = await _Worker.start(self.store_dir, self.node_url, self.start_timeout)
+            worker = await _Worker.start(
+                self.store_dir, self.node_url, self.start_timeout, self.identity_file
+            )
             self.stats["workers_started"] += 1
             if self._closed:  # closed while it started
                 await worker.kill()
@@ -381,11 +387,15 @@ async def _reap(proc: asyncio.subprocess.Process) -> None:
         log.error("code worker %d did not exit after SIGKILL", proc.pid)
 
 
-def _worker_env() -> dict[str, str]:
+def _worker_env(identity_file: Path | None = None) -> dict[str, str]:
     """This environment, with the folder dtwz was imported from first on the path
     when that is a checkout rather than a site directory (putting site-packages
-    first could shadow the standard library): the worker runs the node's dtwz."""
+    first could shadow the standard library): the worker runs the node's dtwz.
+    ``DTWZ_IDENTITY`` is the node's identity: the worker signs its requests with it."""
     env = dict(os.environ)
+    env.pop("DTWZ_IDENTITY", None)
+    if identity_file is not None:
+        env["DTWZ_IDENTITY"] = str(Path(identity_file).absolute())
     root = str(Path(dtwz.__file__).resolve().parent.parent)
     sites = [*site.getsitepackages(), site.getusersitepackages()]
     if root not in {str(Path(p).resolve()) for p in sites}:

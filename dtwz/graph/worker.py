@@ -41,7 +41,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from dtwz.client import DEFAULT_TIMEOUT, Client, ObjectRef
+from dtwz.client import DEFAULT_TIMEOUT, Client, ObjectRef, identity_from_env
 from dtwz.errors import CodeError, DtwzError
 from dtwz.graph.code import CodeBody
 from dtwz.ids import ObjectId
@@ -172,7 +172,8 @@ class DataClient(Client):
     """
 
     def __init__(self, url: str, store: Store, *, timeout: float = DEFAULT_TIMEOUT) -> None:
-        super().__init__(url, timeout=timeout)
+        # signs as the node (DTWZ_IDENTITY, set by the runner): docs/SECURITY.md §9
+        super().__init__(url, timeout=timeout, identity=identity_from_env())
         self.store = store
         self.remote_objects = 0  # copies fetched
         self.remote_reads = 0  # byte ranges read remotely

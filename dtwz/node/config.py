@@ -1,7 +1,7 @@
 """One node's configuration: typed defaults, filled from a file, ``DTWZ_*`` variables
 and flags, in that order of precedence (flags win).
 
-Defaults are safe: everything binds to loopback. A TOML file holds the same keys
+Defaults are safe: everything binds to loopback, and security is on. A TOML file holds the same keys
 as the dataclass fields (``node_id = "n1"``, ``seeds = ["tcp://10.0.0.2:7100"]``);
 environment variables are the upper-cased field names with the ``DTWZ_`` prefix
 (``DTWZ_PEER_PORT=7101``, ``DTWZ_SEEDS=tcp://a:7100,tcp://b:7100``).
@@ -43,6 +43,15 @@ class NodeConfig:
     # after fetching a copy on demand, fetch what its pointers lead to, up to this
     # many bytes, in the background (0: off)
     prefetch_neighbours: int = 0
+    # signed requests, access checks and CurveZMQ between nodes (docs/SECURITY.md §9)
+    security: bool = True
+    # the cluster's keys folder, shared by its nodes (default: DATA_DIR/keys, which
+    # suits a node on its own); whatever is missing is made on first start
+    keys_dir: Path = Path("")
+
+    @property
+    def keys_folder(self) -> Path:
+        return self.keys_dir if self.keys_dir != Path("") else self.data_dir / "keys"
 
     @property
     def host(self) -> str:

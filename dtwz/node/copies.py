@@ -62,13 +62,19 @@ class CopyCache:
         home: str,
         data: bytes | memoryview,
         fot: bytes | memoryview,
+        expect: bytes | None = None,
     ) -> ObjectCopy | None:
         """Build a copy from fetched parts; None if an invalidation says it is stale.
 
-        The header must decode and its ID must match its metadata: a node that
-        serves a forged or damaged object is caught here (``CorruptObject``).
+        The header must decode and its ID must match its metadata, and be ``expect``
+        when given (the ID asked for): a node that serves a forged or damaged object,
+        or another object than the one asked for, is caught here (``CorruptObject``).
         """
         header = ObjectHeader.decode(header_record)
+        if expect is not None and header.object_id != expect:
+            raise CorruptObject(
+                f"{home} served object {header.object_id.hex()} when asked for {expect.hex()}"
+            )
         if header.version != version:
             raise CorruptObject(f"copy of {header.object_id.hex()}: header/version mismatch")
         if len(data) > header.data_len or len(fot) != header.max_size - header.fot_start:

@@ -18,6 +18,7 @@ Routes::
     POST /objects/{id}/pointer                   {"at", "target", "target_offset"}
     POST /transact                               {"txn_id", "ops": [...]}
     GET  /locate/{id}                            home, version, epoch, copies
+    POST /keys                                   body: a key record -> {"kuid"}
 
     GET  /names/root                             the root directory's ID, cluster, home
     GET  /names/resolve?path=&nofollow=1         what a path names: id, kind, parent
@@ -29,6 +30,12 @@ Routes::
     POST /names/unbind   {"path"}
 
 Name changes take the ``X-Dtwz-Txn`` header as their transaction ID, like writes.
+
+Security (docs/SECURITY.md §9): with ``security`` on, every route but the open
+ones (health, readiness, metrics, the cluster view) needs a signed request; the
+middleware authenticates it and each handler asks ``allow`` for the rights its
+operation needs on each object it touches. ``AccessDenied`` answers 403
+(``UnknownKey`` and ``ReplayedRequest`` 401).
 The graph routes (``/graph/...``, ``/code/run``) are in ``dtwz.node.http_graph``.
 """
 
@@ -47,9 +54,13 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from dtwz import errors
+from dtwz.auth import CAPABILITY_HEADER, body_sha256
+from dtwz.capabilities import Rights
 from dtwz.errors import DtwzError, InvalidArgument
-from dtwz.ids import ObjectId
+from dtwz.ids import ZERO_ID, ObjectId
+from dtwz.keys import KEY_OBJECT_FLAGS, KEY_OBJECT_PROT, KeyRecord, key_object_nonce
 from dtwz.layout import DATA_START, HEADER_RECORD_SIZE, FotEntry, ObjectHeader
+from dtwz.node.access import parse_capabilities
 from dtwz.node.protocol import Create, Created, TxOp
 from dtwz.node.service import OP_ALLOC, OP_APPEND, OP_NAME_POINTER, OP_POINTER, OP_WRITE
 from dtwz.resolver.directories import Entry
@@ -67,8 +78,11 @@ _STATUS = {
     "CorruptObject": 500, "UnresolvedName": 404, "NamespaceError": 409, "NameNotFound": 404,
     "NameExists": 409, "NotADirectory": 409, "DirectoryNotEmpty": 409, "SymlinkLoop": 400,
     "InvalidName": 400, "ObjectMoved": 503, "MigrationError": 409, "GraphError": 400,
-    "CodeError": 422, "CodeTimeout": 504,
+    "CodeError": 422, "CodeTimeout": 504, "AccessDenied": 403, "InvalidCapability": 403,
+    "CapabilityExpired": 403, "ReplayedRequest": 401, "UnknownKey": 401,
 }  # fmt: skip
+# no signature needed: liveness, metrics and the member list reveal no object data
+OPEN_ROUTES = frozenset({"/health", "/ready", "/metrics", "/cluster", "/"})
 _OP_KINDS = {"write": OP_WRITE, "append": OP_APPEND, "pointer": OP_POINTER, "alloc": OP_ALLOC,
              "name_pointer": OP_NAME_POINTER}  # fmt: skip
 
@@ -123,6 +137,42 @@ def _node(request: web.Request) -> Node:
     return request.app[NODE_KEY]  # type: ignore[return-value]
 
 
+def accessor(request: web.Request) -> ObjectId:
+    """The kuid that signed the request (zero with security off)."""
+    kuid: ObjectId = request.get("accessor", ZERO_ID)
+    return kuid
+
+
+async def allow(
+    request: web.Request,
+    oid: ObjectId,
+    rights: Rights,
+    offset: int | None = None,
+    length: int | None = None,
+) -> None:
+    """Raise ``AccessDenied`` unless the requester may use ``oid`` so (security on)."""
+    access = _node(request).access
+    if access is not None:
+        await access.check(request["accessor"], oid, rights, request["caps"], offset, length)
+
+
+async def _authenticate(request: web.Request, route: str) -> None:
+    access = _node(request).access
+    if access is None or route in OPEN_ROUTES:
+        return
+    body = await request.read()  # aiohttp keeps it: handlers read the same bytes
+    new_key = None
+    if route == "/keys" and request.method == "POST":
+        try:
+            new_key = KeyRecord.decode(body).public_key
+        except DtwzError as exc:
+            raise InvalidArgument(f"the body is not a key record: {exc}") from exc
+    request["accessor"] = await access.authenticate(
+        request.headers, request.method, request.raw_path, body_sha256(body), new_key
+    )
+    request["caps"] = parse_capabilities(request.headers.get(CAPABILITY_HEADER))
+
+
 def build_app(node: Node) -> web.Application:
     registry = CollectorRegistry()
     registry.register(_NodeCollector(node))
@@ -140,6 +190,7 @@ def build_app(node: Node) -> web.Application:
             else "?"
         )
         try:
+            await _authenticate(request, route)
             response = await handler(request)
         except DtwzError as exc:
             kind = type(exc).__name__
@@ -175,6 +226,7 @@ def build_app(node: Node) -> web.Application:
     app.router.add_post("/objects/{id}/pointer", pointer)
     app.router.add_post("/transact", transact)
     app.router.add_get("/locate/{id}", locate)
+    app.router.add_post("/keys", register_key)
     app.router.add_get("/names/root", names_root)
     app.router.add_get("/names/resolve", names_resolve)
     app.router.add_get("/names/list", names_list)
@@ -244,10 +296,11 @@ async def create(request: web.Request) -> web.Response:
     data = await request.read()
     target = request.query.get("node", node.node_id)
     txn_id = _txn_id(request) or b""
+    kuid = accessor(request)  # the requester owns what it creates
     if target == node.node_id:
-        created = await node.service.create(size, flags, prot, data, txn_id)
+        created = await node.service.create(size, flags, prot, data, txn_id, kuid=kuid)
     else:
-        reply = await node.request(target, Create(txn_id, size, flags, prot, data))
+        reply = await node.request(target, Create(txn_id, size, flags, prot, data, kuid))
         assert isinstance(reply, Created)
         created = reply
     return web.json_response(
@@ -258,7 +311,9 @@ async def create(request: web.Request) -> web.Response:
 async def info(request: web.Request) -> web.Response:
     node = _node(request)
     assert node.service is not None
-    obj, _, home = await node.service.open_whole(_oid(request), latest=_flag(request, "latest"))
+    oid = _oid(request)
+    obj, _, home = await node.service.open_whole(oid, latest=_flag(request, "latest"))
+    await allow(request, oid, Rights.READ)  # after the fetch: the copy's header, no extra trip
     header = obj.header()
     fot = []
     for index in range(1, header.fot_count + 1):
@@ -293,11 +348,14 @@ async def read(request: web.Request) -> web.Response:
     latest = _flag(request, "latest")
     offset = _int(request, "offset", DATA_START)
     if "length" in request.query:  # a range: large remote objects are read by range
-        data, version, home = await node.service.read(
-            oid, offset, _int(request, "length"), latest=latest
-        )
+        # checked after the fetch (nothing is answered before): a copy fetched whole
+        # brings its ID-checked header, so the check costs no round trip of its own
+        length = _int(request, "length")
+        data, version, home = await node.service.read(oid, offset, length, latest=latest)
+        await allow(request, oid, Rights.READ, offset, length)
     else:  # everything up to the end of the data
         obj, version, home = await node.service.open_whole(oid, latest=latest)
+        await allow(request, oid, Rights.READ)
         data = obj.read(offset, max(0, obj.header().data_end - offset))
     return web.Response(body=bytes(data), content_type="application/octet-stream",
                         headers={"X-Dtwz-Version": str(version), "X-Dtwz-Home": home})  # fmt: skip
@@ -315,6 +373,7 @@ async def image(request: web.Request) -> web.Response:
             raise InvalidArgument(f"via: {exc}") from exc
         node.service.note_edge(via, oid)
     obj, _, home = await node.service.open_whole(oid, latest=_flag(request, "latest"))
+    await allow(request, oid, Rights.READ)
     for _ in range(100):  # the layout must come from the same commit as the bytes
         header = ObjectHeader.decode(obj.view[:HEADER_RECORD_SIZE], check_id=False)
         header_raw, data, fot = obj.snapshot(
@@ -335,7 +394,18 @@ async def image(request: web.Request) -> web.Response:
 async def _run(request: web.Request, ops: list[TxOp], txn_id: bytes | None = None) -> Any:
     node = _node(request)
     assert node.service is not None
+    for op in ops:  # every object a transaction changes needs WRITE, on the bytes it changes
+        offset, length = _op_range(op)
+        await allow(request, op.object_id, Rights.WRITE, offset, length)
     return await node.service.transact(ops, txn_id)
+
+
+def _op_range(op: TxOp) -> tuple[int | None, int | None]:
+    if op.kind == OP_WRITE:
+        return op.offset, len(op.data)
+    if op.kind in (OP_POINTER, OP_NAME_POINTER):
+        return op.offset, 8  # the pointer word; its FOT entry is the object's own business
+    return None, None  # appends and allocations land where the home decides
 
 
 def _versions(result: Any) -> dict[str, int]:
@@ -386,6 +456,25 @@ async def locate(request: web.Request) -> web.Response:
     record = where.record
     return web.json_response({"id": oid.hex(), "home": record.home, "version": record.version,
                               "epoch": record.epoch, "copies": where.copies})  # fmt: skip
+
+
+async def register_key(request: web.Request) -> web.Response:
+    """Store a public key as its key object (idempotent): the key's owner can then
+    sign requests on any node, and own objects. The request is signed by that key."""
+    node = _node(request)
+    assert node.service is not None
+    record = KeyRecord.decode(await request.read())
+    kuid = record.object_id
+    try:
+        await node.service.header_of(kuid)
+        created = False
+    except errors.ObjectNotFound:
+        await node.service.create(
+            4096 * 2, int(KEY_OBJECT_FLAGS), int(KEY_OBJECT_PROT), record.encode(),
+            _txn_id(request), nonce=key_object_nonce(record.public_key))  # fmt: skip
+        created = True
+    return web.json_response({"kuid": kuid.hex(), "created": created},
+                             status=201 if created else 200)  # fmt: skip
 
 
 # -- names ------------------------------------------------------------------------

@@ -12,6 +12,12 @@ Routes::
 
 Prefetch answers with the frame stream of ``dtwz.graph.stream``: events (plan,
 progress, done, error) and, for a client, one image per object.
+
+Access (docs/SECURITY.md §9): a walk, a drawing or a prefetch needs READ on its
+root, and a prefetch to a client sends only images the requester may READ;
+migrating needs WRITE on every object moved; co-location moves objects the
+requester did not name, so it needs the admin (a dry run: READ on the root);
+running code needs EXEC on the code object and READ on the root.
 """
 
 from __future__ import annotations
@@ -21,10 +27,11 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from dtwz.errors import DtwzError, InvalidArgument
+from dtwz.capabilities import Rights
+from dtwz.errors import AccessDenied, DtwzError, InvalidArgument
 from dtwz.graph import model, render, stream
 from dtwz.ids import ObjectId
-from dtwz.node.http import _flag, _json, _node
+from dtwz.node.http import _flag, _json, _node, accessor, allow
 
 if TYPE_CHECKING:
     import networkx as nx
@@ -74,6 +81,7 @@ def _walk_args(request: web.Request) -> dict[str, Any]:
 
 async def walk(request: web.Request) -> web.Response:
     root = _root(request)
+    await allow(request, root, Rights.READ)
     uses = _flag(request, "uses") or "uses" not in request.query
     graph = await _agent(request).walk(root, uses=uses, **_walk_args(request))
     return web.json_response(model.to_json(graph))
@@ -85,6 +93,7 @@ async def view(request: web.Request) -> web.Response:
     if fmt not in render.FORMATS:
         raise InvalidArgument(f"format must be one of {', '.join(render.FORMATS)}")
     root = _root(request)
+    await allow(request, root, Rights.READ)
     graph: nx.DiGraph[str] = await _agent(request).walk(root, **_walk_args(request))
     text = render.render(graph, fmt)
     types = {"html": "text/html", "svg": "image/svg+xml", "dot": "text/vnd.graphviz",
@@ -99,6 +108,7 @@ async def prefetch(request: web.Request) -> web.StreamResponse:
     to = request.query.get("to", "node")
     if to not in ("node", "client"):
         raise InvalidArgument("to must be 'node' or 'client'")
+    await allow(request, root, Rights.READ)  # before the stream starts: a plain 403
     args = _walk_args(request)
     response = web.StreamResponse(headers={"Content-Type": "application/x-dtwz-stream"})
     await response.prepare(request)
@@ -114,8 +124,9 @@ async def prefetch(request: web.Request) -> web.StreamResponse:
             sent = sent_bytes = 0
             for key in objects:
                 try:
+                    await allow(request, ObjectId.parse(key), Rights.READ)
                     image = node.service.image(ObjectId.parse(key))
-                except DtwzError:
+                except DtwzError:  # not readable by the requester, or gone:
                     continue  # dropped or moved since the walk: the client fetches it itself
                 home = graph.nodes[key]["home"]
                 for part in stream.image(image.object_id, image.version, home, image.header,
@@ -146,7 +157,10 @@ async def migrate(request: web.Request) -> web.Response:
     to = body.get("to")
     if not isinstance(to, str) or not to:
         raise InvalidArgument("to must name a node")
-    done = await _agent(request).migrate(_ids(body.get("ids")), to)
+    ids = _ids(body.get("ids"))
+    for oid in ids:
+        await allow(request, oid, Rights.WRITE)
+    done = await _agent(request).migrate(ids, to)
     return web.json_response({"to": to, "migrated": [
         {"epoch": m.epoch, "versions": {v.object_id.hex(): v.version for v in m.versions}}
         for m in done
@@ -156,6 +170,12 @@ async def migrate(request: web.Request) -> web.Response:
 async def colocate(request: web.Request) -> web.Response:
     body = await _json(request)
     root = ObjectId.parse(str(body.get("root")))
+    await allow(request, root, Rights.READ)
+    access = _node(request).access
+    if access is not None and not body.get("dry_run") and not access.is_trusted(
+        accessor(request)
+    ):
+        raise AccessDenied("co-location moves objects nobody named: only the admin may run it")
     plan, done = await _agent(request).colocate(
         root,
         depth=_limit(body.get("depth"), "depth"),
@@ -183,9 +203,12 @@ async def run_code(request: web.Request) -> web.Response:
     timeout = body.get("timeout", 60)
     if not isinstance(timeout, int | float) or not 0 < timeout <= 3600:
         raise InvalidArgument("timeout must be a number of seconds in (0, 3600]")
+    code, root = ObjectId.parse(str(body.get("code"))), ObjectId.parse(str(body.get("root")))
+    await allow(request, code, Rights.EXEC)
+    await allow(request, root, Rights.READ)
     report = await node.code.run(
-        ObjectId.parse(str(body.get("code"))),
-        ObjectId.parse(str(body.get("root"))),
+        code,
+        root,
         args,
         where=str(body.get("where") or "auto"),
         timeout=float(timeout),

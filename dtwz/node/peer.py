@@ -44,6 +44,13 @@ Failure handling:
   with ``PeerUnavailable``, never with a ``CancelledError``.
 - Malformed frames get an ``ErrorReply`` when their envelope can be read and are
   dropped otherwise; the receive loop never dies of bad input.
+
+Authentication (``Curve``, docs/SECURITY.md §6, §8): with security on, every socket
+speaks CurveZMQ. All ROUTERs share the cluster's server key pair, so any DEALER
+knows the server key; each DEALER has its node's own client pair, and a ZAP
+handler (a thread of pyzmq's authenticator on this endpoint's context) admits a
+client key only when ``Curve.admits`` says so. An unadmitted peer's handshake
+fails: its requests never reach a handler and time out on its side.
 """
 
 from __future__ import annotations
@@ -53,9 +60,11 @@ import contextvars
 import itertools
 import logging
 from collections.abc import Awaitable, Callable, Coroutine, Generator
+from dataclasses import dataclass
 from typing import Any
 
 import zmq
+from zmq.auth.thread import ThreadAuthenticator
 
 from dtwz.errors import DtwzError, PeerUnavailable, ProtocolError
 from dtwz.node.protocol import (
@@ -76,6 +85,26 @@ MAX_MESSAGE_BYTES = 256 << 20
 _ZERO_COPY_FROM = 64 << 10  # below this, copying a frame is cheaper than tracking it
 _BATCH = 64  # messages handled per readiness callback before other work gets a turn
 _RETRY_FIRST, _RETRY_MAX = 0.002, 0.05  # seconds: re-check POLLOUT if no edge came
+
+
+def curve_keypair() -> tuple[bytes, bytes]:
+    """A new CurveZMQ key pair, (public, secret), as Z85 text."""
+    return zmq.curve_keypair()
+
+
+@dataclass(frozen=True)
+class Curve:
+    """CurveZMQ keys of one endpoint; ``admits(z85_public)`` is the admission list."""
+
+    server_public: bytes
+    server_secret: bytes
+    client_public: bytes
+    client_secret: bytes
+    admits: Callable[[bytes], bool]
+
+    def callback(self, domain: str, key: bytes) -> bool:  # pyzmq's credentials provider
+        return self.admits(key)
+
 
 # plain ints: the zmq constants are enums, and enum arithmetic dominated the old profile
 _EVENTS, _POLLIN, _POLLOUT = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.POLLOUT)
@@ -116,7 +145,9 @@ def _wake(waiter: asyncio.Future[None]) -> None:
 class _Connection:
     """The DEALER to one peer and the requests waiting for its replies."""
 
-    def __init__(self, ctx: zmq.Context[Any], addr: str, give_up_ms: int) -> None:
+    def __init__(
+        self, ctx: zmq.Context[Any], addr: str, give_up_ms: int, curve: Curve | None = None
+    ) -> None:
         self.addr = addr
         self.loop = asyncio.get_running_loop()
         try:
@@ -130,6 +161,10 @@ class _Connection:
             # TCP gives up on unacknowledged bytes after the request timeout: a request
             # its caller was told failed must not be delivered when a partition heals
             self.socket.setsockopt(zmq.TCP_MAXRT, give_up_ms)
+            if curve is not None:
+                self.socket.curve_serverkey = curve.server_public
+                self.socket.curve_publickey = curve.client_public
+                self.socket.curve_secretkey = curve.client_secret
             self.socket.connect(addr)
         except zmq.ZMQError as exc:  # e.g. a malformed address from gossip
             self.socket.close(linger=0)  # an open socket would block the context's term
@@ -268,8 +303,12 @@ class _Resume:
 
 
 class PeerEndpoint:
-    def __init__(self, bind_addr: str, handler: Handler, *, timeout: float) -> None:
+    def __init__(
+        self, bind_addr: str, handler: Handler, *, timeout: float, curve: Curve | None = None
+    ) -> None:
         self.bind_addr = bind_addr
+        self.curve = curve
+        self._auth: ThreadAuthenticator | None = None
         self.timeout = timeout
         self._handler = handler
         self._ctx: zmq.Context[Any] = zmq.Context()
@@ -286,7 +325,15 @@ class PeerEndpoint:
 
     async def start(self) -> str:
         """Bind the ROUTER; returns the bound address (port 0 picks a free port)."""
+        if self.curve is not None:
+            self._auth = ThreadAuthenticator(self._ctx, log=log)
+            self._auth.start()
+            self._auth.configure_curve_callback("*", self.curve)
         router = self._ctx.socket(zmq.ROUTER)
+        if self.curve is not None:
+            router.curve_server = True
+            router.curve_publickey = self.curve.server_public
+            router.curve_secretkey = self.curve.server_secret
         router.setsockopt(zmq.LINGER, 0)
         router.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
         router.setsockopt(zmq.ROUTER_MANDATORY, 0)
@@ -311,6 +358,9 @@ class PeerEndpoint:
                 self._loop.remove_reader(self._router_fd)
             self._router.close(linger=0)
             self._router = None
+        if self._auth is not None:
+            self._auth.stop()
+            self._auth = None
         self._ctx.destroy(linger=0)  # closes anything left open, so term never blocks
 
     # -- serving ---------------------------------------------------------------
@@ -427,7 +477,7 @@ class PeerEndpoint:
             if self._closed:
                 raise PeerUnavailable(f"{addr}: this endpoint is closed")
             give_up_ms = max(1, int(self.timeout * 1000))
-            conn = self._connections[addr] = _Connection(self._ctx, addr, give_up_ms)
+            conn = self._connections[addr] = _Connection(self._ctx, addr, give_up_ms, self.curve)
         request_id = next(self._ids)
         frames = encode(message, request_id)
         loop = conn.loop

@@ -291,6 +291,7 @@ class Create(Message):
     flags: U16
     default_prot: U16
     data: Blob = field(default=b"")
+    kuid: ObjectId = ZERO_ID  # the owner's key object (the requester's, checked where it came in)
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,17 +32,20 @@ import logging
 import signal
 import time
 from collections import defaultdict
+from pathlib import Path
 from typing import Any
 
+from dtwz import keyfiles
 from dtwz.errors import DtwzError, HomeUnreachable, ObjectNotFound, PeerUnavailable
 from dtwz.graph.agent import GraphAgent
 from dtwz.graph.execute import CodeExecutor
 from dtwz.graph.runner import CodeRunner
 from dtwz.ids import ObjectId
 from dtwz.layout import DATA_START
+from dtwz.node.access import Access, KeyRing
 from dtwz.node.config import NodeConfig
 from dtwz.node.migration import Migrations
-from dtwz.node.peer import PeerEndpoint
+from dtwz.node.peer import Curve, PeerEndpoint, curve_keypair
 from dtwz.node.protocol import (
     Ack,
     Create,
@@ -105,6 +108,7 @@ class Node:
         self.migrations: Migrations | None = None
         self.graph: GraphAgent | None = None
         self.code: CodeExecutor | None = None
+        self.access: Access | None = None
         self.peer = PeerEndpoint(
             f"tcp://{config.bind_host}:{config.peer_port}",
             self._dispatch,
@@ -123,6 +127,7 @@ class Node:
         self._republish_wanted = asyncio.Event()
         self._http_runner: Any = None
         self.stats: dict[str, int] = defaultdict(int)
+        self._admitted_read = 0.0
 
     def _me(self, state: int, incarnation: int, heartbeat: int = 0) -> MemberInfo:
         c = self.config
@@ -142,7 +147,8 @@ class Node:
         self.graph = GraphAgent(self, self.service, self.names)
         if c.prefetch_neighbours > 0:
             self.service.on_fetched = self.graph.prefetch_neighbours(c.prefetch_neighbours)
-        runner = CodeRunner(data / "store", self.config.http_url)
+        identity_file = self._setup_security() if c.security else None
+        runner = CodeRunner(data / "store", self.config.http_url, identity_file=identity_file)
         self.code = CodeExecutor(self, self.service, self.graph, runner)
         await self.peer.start()
         self.migrations.resume()  # moves a crash interrupted
@@ -155,6 +161,47 @@ class Node:
         self._spawn(self._republish_loop())
         log.info("node %s up: peer %s, http %s", self.node_id, self.config.peer_addr,
                  self.config.http_addr)  # fmt: skip
+
+    def _setup_security(self) -> Path:
+        """Keys (made on first start, this node admitted), CurveZMQ on the peer
+        endpoint and the access policy; the identity file its code worker signs with."""
+        folder = self.config.keys_folder
+        admitted = keyfiles.ensure_keys(folder, [self.node_id], curve_keypair)
+        mine = keyfiles.NodeKeys.load(folder, self.node_id)
+        assert self.service is not None
+        service = self.service
+
+        async def read_key(kuid: ObjectId) -> bytes:
+            obj, _, _ = await service.open_whole(kuid)
+            return bytes(obj.read(DATA_START, obj.header().data_len))
+
+        self.access = Access(self.node_id, admitted, KeyRing(admitted.trusted, read_key),
+                             service.header_of)  # fmt: skip
+        self.peer.curve = Curve(mine.curve_server[0], mine.curve_server[1], mine.curve[0],
+                                mine.curve[1], self._admits)  # fmt: skip
+        return keyfiles.node_identity_file(folder, self.node_id)
+
+    def _admits(self, curve_key: bytes) -> bool:
+        """Whether a peer's curve key is admitted (runs in the ZAP thread). An unknown
+        key rereads admitted.json, at most once a second: nodes of a compose cluster
+        admit themselves as they start."""
+        access = self.access
+        if access is None:
+            return False
+        if curve_key in access.admitted.curve_clients.values():
+            return True
+        now = time.monotonic()
+        if now - self._admitted_read < 1.0:
+            return False
+        self._admitted_read = now
+        try:
+            admitted = keyfiles.Admitted.load(self.config.keys_folder)
+        except DtwzError as exc:
+            log.warning("cannot reread the admitted keys: %s", exc)
+            return False
+        access.admitted = admitted
+        access.keys.trust(admitted.trusted)
+        return curve_key in admitted.curve_clients.values()
 
     async def serve(self) -> None:
         """Run until ``stop()`` or SIGTERM/SIGINT."""

@@ -46,7 +46,7 @@ from dtwz.errors import (
     TransactionConflict,
     moved_to,
 )
-from dtwz.ids import ObjectId
+from dtwz.ids import ZERO_ID, ObjectId
 from dtwz.layout import DATA_START, HEADER_RECORD_SIZE, ObjectHeader
 from dtwz.node.copies import CopyCache
 from dtwz.node.objects import NameResolver, StoredObject
@@ -155,16 +155,21 @@ class ObjectService:
         default_prot: int = 3,
         data: bytes = b"",
         txn_id: bytes | None = None,
+        *,
+        kuid: ObjectId = ZERO_ID,
+        nonce: bytes | None = None,
     ) -> Created:
         """Create an object homed on this node; publish its location before answering.
 
         With a ``txn_id``, a retried create returns the first object instead of
-        making a second one.
+        making a second one. ``kuid`` names the owner's key object; ``nonce`` fixes
+        the ID (key objects: their ID is a content ID).
         """
 
         def run() -> Created:
             with self.store.transaction() as tx:
-                oid = tx.create(max_size, flags=flags, default_prot=default_prot)
+                oid = tx.create(max_size, flags=flags, default_prot=default_prot, kuid=kuid,
+                                nonce=nonce)  # fmt: skip
                 offset = tx.append(oid, data) if data else 0
             return Created(oid, 1, offset)
 
@@ -239,6 +244,30 @@ class ObjectService:
                 obj, version, home = opened
                 return obj.read(offset, length), version, home
         return await self._read_range(oid, offset, length)
+
+    async def header_of(self, oid: ObjectId) -> ObjectHeader:
+        """An object's header, its ID checked: from the store or a copy, else one
+        small fetch from its home (no copy kept). Access checks read kuid and default
+        protections from it; both are part of the ID, so they never change."""
+        copy = self.copies.peek(oid)
+        if copy is not None:
+            return copy.obj.header()
+        if self.is_home(oid):
+            return self.store.get(oid).header()
+        record = await self.cluster.locate(oid)
+        try:
+            reply = await self._fetch(record.home, oid, DATA_START, 0, with_fot=False,
+                                      register=False)  # fmt: skip
+        except (ObjectNotFound, StaleLocation) as exc:
+            record = await self._relocate(oid, exc)
+            if record.home == self.cluster.node_id:
+                return self.store.get(oid).header()
+            reply = await self._fetch(record.home, oid, DATA_START, 0, with_fot=False,
+                                      register=False)  # fmt: skip
+        header = ObjectHeader.decode(reply.header)  # checks the ID against the metadata
+        if header.object_id != oid:
+            raise CorruptObject(f"home {record.home} served the header of {header.object_id}")
+        return header
 
     async def peek(self, oid: ObjectId, offset: int, length: int) -> bytes:
         """A few bytes of an object without keeping a copy of it: from the store or a
@@ -535,7 +564,8 @@ class ObjectService:
                     continue  # a commit landed mid-fetch: start again
                 parts += [c.data for c in chunks]
             data = parts[0] if len(parts) == 1 else b"".join(parts)
-            copy = self.copies.install(first.header, first.version, home, data, first.fot)
+            copy = self.copies.install(first.header, first.version, home, data, first.fot,
+                                       expect=oid)  # fmt: skip
             self.stats["remote_reads"] += 1
             if copy is None:
                 continue  # invalidated while in flight
@@ -621,7 +651,8 @@ class ObjectService:
 
     def install_image(self, home: str, image: ObjectImage) -> bool:
         """Hold a fetched image as a copy; False if an invalidation made it stale."""
-        copy = self.copies.install(image.header, image.version, home, image.data, image.fot)
+        copy = self.copies.install(image.header, image.version, home, image.data, image.fot,
+                                   expect=image.object_id)  # fmt: skip
         return copy is not None
 
     def note_edge(self, source: ObjectId, target: ObjectId) -> None:
@@ -637,7 +668,8 @@ class ObjectService:
         return Ack(1 if self.copies.invalidate(m.object_id, m.version) else 0)
 
     async def on_create(self, m: Create) -> Created:
-        return await self.create(m.max_size, m.flags, m.default_prot, bytes(m.data), m.txn_id)
+        return await self.create(m.max_size, m.flags, m.default_prot, bytes(m.data), m.txn_id,
+                                 kuid=m.kuid)  # fmt: skip
 
     def drop_holder(self, node_id: str) -> None:
         """A node died: it holds no copies any more (it refetches after a restart)."""

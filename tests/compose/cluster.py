@@ -15,6 +15,7 @@ current sources. Invariants:
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -30,6 +31,7 @@ from typing import Any
 
 from dtwz.client import Client
 from dtwz.errors import DtwzError
+from dtwz.keys import Identity
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO / "docker-compose.yml"
@@ -152,6 +154,7 @@ class ComposeCluster:
         default_factory=lambda: f"{PROJECT_PREFIX}{os.getpid()}x{secrets.token_hex(3)}"
     )
     ports: dict[str, int] = field(default_factory=dict)
+    _admin: Identity | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.ports = self.ports or {node: free_port() for node in self.node_ids}
@@ -249,8 +252,17 @@ class ComposeCluster:
     def url(self, node: str) -> str:
         return f"http://127.0.0.1:{self.ports[node]}"
 
+    def admin(self) -> Identity:
+        """The cluster's admin identity, which the first node made in the keys volume."""
+        if self._admin is None:
+            source = ("import base64, json; print(json.dumps(base64.b64encode("
+                      "open('/keys/admin.id', 'rb').read()).decode()))")  # fmt: skip
+            raw = base64.b64decode(self.exec_python(self.node_ids[0], source))
+            self._admin = Identity.decode_secret(raw)
+        return self._admin
+
     def client(self, node: str, timeout: float = 5.0) -> Client:
-        return Client(self.url(node), timeout=timeout)
+        return Client(self.url(node), timeout=timeout, identity=self.admin())
 
     def members(self, node: str) -> dict[str, str]:
         """Node ID -> state, as ``node`` sees the cluster."""

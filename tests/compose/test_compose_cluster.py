@@ -207,6 +207,7 @@ _INSIDE = """
 import json, time
 from dtwz.client import Client
 from dtwz.errors import DtwzError
+from dtwz.keys import Identity
 from dtwz.layout import DATA_START
 
 def attempt(call):
@@ -218,7 +219,8 @@ def attempt(call):
         out = {"ok": False, "error": type(exc).__name__, "message": str(exc)}
     return out | {"seconds": time.monotonic() - start}
 
-with Client("http://127.0.0.1:7000", timeout=30) as c:
+admin = Identity.load("/keys/admin.id")  # the container's user owns the keys volume
+with Client("http://127.0.0.1:7000", timeout=30, identity=admin) as c:
     deadline = time.monotonic() + 20  # until n2 itself has declared the others dead
     while time.monotonic() < deadline:
         states = {m["node_id"]: m["state"] for m in c.cluster_status()["members"]}

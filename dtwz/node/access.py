@@ -1,0 +1,202 @@
+"""Who may do what on this node: signed-request authentication and the access rule.
+
+``Access`` is the policy the HTTP front end applies to every request that reads,
+writes, migrates, walks or runs code (docs/SECURITY.md §9):
+
+1. the request is signed (``RequestVerifier``, audience = this node's ID) by a
+   key the node can find: a trusted key from ``admitted.json`` (admin, nodes) or
+   a key object stored in the cluster, checked against its kuid;
+2. the admin and the cluster's nodes may do anything (a node's identity is what
+   its code worker signs with);
+3. an object's owner (its header's kuid) may do anything with it;
+4. else the object's default protections, else a capability for the object in
+   ``X-Dtwz-Capability`` that ``capabilities.verify`` accepts for the rights and
+   bytes the operation needs.
+
+Headers come through ``ObjectService.header_of``, which checks the ID against
+the metadata; kuid and default protections are part of the ID, so they are
+cached for good. Keys are looked up asynchronously first (``KeyRing.load``),
+then handed to the pure, synchronous checks of ``dtwz.auth`` and
+``dtwz.capabilities``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+
+from dtwz.auth import RequestVerifier, decode_capability_header
+from dtwz.capabilities import Capability, Rights, VerifiedCache, default_allows, verify
+from dtwz.errors import (
+    AccessDenied,
+    CorruptObject,
+    FormatError,
+    ObjectNotFound,
+    UnknownKey,
+)
+from dtwz.ids import ObjectId
+from dtwz.keyfiles import Admitted
+from dtwz.keys import PublicKey, check_key_object
+from dtwz.layout import ObjectHeader
+
+ReadKeyObject = Callable[[ObjectId], Awaitable[bytes]]  # kuid -> the key object's data
+HeaderOf = Callable[[ObjectId], Awaitable[ObjectHeader]]
+MAX_CAPABILITIES = 16  # per request: one per object a transaction touches
+_CACHE = 100_000
+
+
+class KeyRing:
+    """kuid -> public key: the admitted keys, then key objects read through the node."""
+
+    def __init__(self, trusted: Mapping[ObjectId, PublicKey], read: ReadKeyObject) -> None:
+        self._trusted = dict(trusted)
+        self._found: OrderedDict[ObjectId, PublicKey] = OrderedDict()
+        self._read = read
+
+    async def load(self, kuid: ObjectId) -> bool:
+        """Make ``kuid``'s key available to ``lookup``; False when the cluster has none."""
+        if kuid in self._trusted or kuid in self._found:
+            return True
+        try:
+            data = await self._read(kuid)
+            record = check_key_object(kuid, data)  # a node serving the wrong key is caught
+        except (ObjectNotFound, FormatError):  # CorruptObject is a FormatError
+            return False
+        self.add(record.public_key)
+        return True
+
+    def trust(self, trusted: Mapping[ObjectId, PublicKey]) -> None:
+        """Replace the admitted keys (admitted.json was reread)."""
+        self._trusted = dict(trusted)
+
+    def add(self, key: PublicKey) -> None:
+        self._found[key.kuid] = key
+        while len(self._found) > _CACHE:
+            self._found.popitem(last=False)
+
+    def lookup(self, kuid: ObjectId) -> PublicKey:
+        key = self._trusted.get(kuid) or self._found.get(kuid)
+        if key is None:
+            raise KeyError(f"no key object for {kuid}")
+        return key
+
+
+class Access:
+    """One node's authentication and access checks (see the module docstring)."""
+
+    def __init__(
+        self,
+        node_id: str,
+        admitted: Admitted,
+        keys: KeyRing,
+        header_of: HeaderOf,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.admitted = admitted
+        self.keys = keys
+        self.verifier = RequestVerifier(audience=node_id)
+        self.cache = VerifiedCache()
+        self._header_of = header_of
+        self._protections: OrderedDict[ObjectId, tuple[ObjectId, int]] = OrderedDict()
+        self._clock = clock
+        self.stats = {"requests": 0, "denied": 0, "capabilities": 0}
+
+    def is_trusted(self, kuid: ObjectId) -> bool:
+        """The admin and the cluster's nodes: allowed everything."""
+        return kuid == self.admitted.admin or kuid in self.admitted.node_kuids
+
+    async def authenticate(
+        self,
+        headers: Mapping[str, str],
+        method: str,
+        raw_path: str,
+        body_digest: bytes,
+        new_key: PublicKey | None = None,
+    ) -> ObjectId:
+        """The kuid that signed this request. ``new_key``: a key the request itself
+        brings (registering a key object), usable to check its own signature."""
+        self.stats["requests"] += 1
+        claimed = _claimed_kuid(headers)
+        if claimed is not None and new_key is not None and new_key.kuid == claimed:
+            self.keys.add(new_key)
+        elif claimed is not None and not await self.keys.load(claimed):
+            raise UnknownKey(
+                f"key {claimed} is not known to the cluster: store its key object first"
+                " (POST /keys; dtwz.Client does it on its own)"
+            )
+        return self.verifier.verify(
+            headers, method, raw_path, body_digest, self._clock(), self.keys.lookup
+        )
+
+    async def check(
+        self,
+        accessor: ObjectId,
+        oid: ObjectId,
+        rights: Rights,
+        capabilities: Sequence[Capability] = (),
+        offset: int | None = None,
+        length: int | None = None,
+    ) -> None:
+        """Raise ``AccessDenied`` (or a subclass) unless ``accessor`` may use ``oid``
+        with ``rights`` on ``[offset, offset + length)`` (None: the whole object)."""
+        if self.is_trusted(accessor):
+            return
+        owner, prot = await self._protection(oid)
+        if accessor == owner or default_allows(prot, rights):
+            return
+        cap = next((c for c in capabilities if c.target == oid), None)
+        if cap is None:
+            self.stats["denied"] += 1
+            raise AccessDenied(
+                f"{accessor} may not {rights.names} object {oid}: it is not the owner, the "
+                f"default protections are {prot:#x} and no capability for it came with the "
+                "request"
+            )
+        self.stats["capabilities"] += 1
+        for link in cap.chain:  # the pure check looks keys up synchronously
+            await self.keys.load(link.issuer)
+        try:
+            verify(cap, target=oid, accessor_kuid=accessor, rights_needed=rights,
+                   offset=offset, length=length, now=int(self._clock()),
+                   owner_kuid_of_target=owner, key_lookup=self.keys.lookup,
+                   cache=self.cache)  # fmt: skip
+        except AccessDenied:
+            self.stats["denied"] += 1
+            raise
+
+    async def owner_of(self, oid: ObjectId) -> ObjectId:
+        return (await self._protection(oid))[0]
+
+    async def _protection(self, oid: ObjectId) -> tuple[ObjectId, int]:
+        known = self._protections.get(oid)
+        if known is not None:
+            return known
+        header = await self._header_of(oid)
+        if header.object_id != oid:
+            raise CorruptObject(f"the header found for {oid} is that of {header.object_id}")
+        found = (ObjectId(header.kuid), int(header.default_prot))
+        self._protections[oid] = found
+        while len(self._protections) > _CACHE:
+            self._protections.popitem(last=False)
+        return found
+
+
+def parse_capabilities(value: str | None) -> list[Capability]:
+    """The capabilities of an ``X-Dtwz-Capability`` header: comma-separated chains."""
+    if not value:
+        return []
+    parts = [p.strip() for p in value.split(",") if p.strip()]
+    if len(parts) > MAX_CAPABILITIES:
+        raise AccessDenied(f"at most {MAX_CAPABILITIES} capabilities per request")
+    return [decode_capability_header(p) for p in parts]
+
+
+def _claimed_kuid(headers: Mapping[str, str]) -> ObjectId | None:
+    for name, value in headers.items():
+        if name.lower() == "x-dtwz-key":
+            try:
+                return ObjectId.parse(value)
+            except FormatError:
+                return None  # the verifier says what is wrong with it
+    return None
