@@ -29,12 +29,22 @@ from dtwz.ids import ZERO_ID, ObjectId
 from dtwz.node.protocol import (
     MAX_LIST,
     Ack,
+    AppliedTxn,
+    CodeResult,
     Create,
     Created,
     DirOp,
     DirResult,
+    EdgeCounts,
+    EdgeUse,
+    EdgeUses,
     ErrorReply,
     Fetch,
+    FetchMany,
+    GraphEdge,
+    GraphExpand,
+    GraphObject,
+    GraphPart,
     Heartbeat,
     HomeRecord,
     Invalidate,
@@ -45,15 +55,22 @@ from dtwz.node.protocol import (
     MemberInfo,
     Members,
     Message,
+    Migrate,
+    Migrated,
+    MigrateIn,
+    ObjectBatch,
     ObjectData,
+    ObjectImage,
     ObjectVersion,
     Payload,
     Ping,
     Publish,
+    RunCode,
     Struct,
     Transact,
     TransactResult,
     TxOp,
+    WalkStart,
     decode,
     decode_envelope,
     encode,
@@ -204,6 +221,110 @@ TABLE: list[tuple[Message, int, bool, list[str]]] = [
         True,
         # target, kind, text "", versions
         [env(51, 13, True), f"{OID_HEX} 02 0000 01000000 {OID_HEX} 0300000000000000"],
+    ),
+    (
+        FetchMany([OID], True, "a"),
+        15,
+        False,
+        # object_ids, register_copy, requester
+        [env(32, 15), f"01000000 {OID_HEX} 01 0100 61"],
+    ),
+    (
+        ObjectBatch([ObjectImage(OID, 2, b"\x01", b"ab", b"")], [OID]),
+        15,
+        True,
+        [
+            env(33, 15, True),
+            # images: object_id, version, header (bytes), data -> payload 0, fot -> payload 1
+            f"01000000 {OID_HEX} 0200000000000000 01000000 01 00000000 01000000"
+            f" 01000000 {OID_HEX}",  # missing
+            "6162",
+            "",
+        ],
+    ),
+    (
+        GraphExpand(b"\x01", [WalkStart(OID, 0)], 0xFFFFFFFF, 0),
+        16,
+        False,
+        # walk_id, starts (object_id, depth), max_depth (none), budget (none), summary
+        [env(60, 16), f"01000000 01 01000000 {OID_HEX} 00000000 ffffffff 0000000000000000 00"],
+    ),
+    (
+        GraphPart(
+            [GraphObject(OID, "n1", 8192, 16, 1, 2, 0, 0, ["n2"])],
+            [GraphEdge(OID, OID, 1, 5)],
+            [WalkStart(OID, 1)],
+            False,
+            [],
+            1,
+            156,
+        ),
+        16,
+        True,
+        [
+            env(61, 16, True),
+            # objects: object_id, home, max_size, data_len, fot_count, version, flags,
+            # depth, copies, directory
+            f"01000000 {OID_HEX} 0200 6e31 0020000000000000 1000000000000000 01000000"
+            " 0200000000000000 0000 00000000 01000000 0200 6e32 00"
+            # edges: source, target, fot_index, flags, name, error
+            f" 01000000 {OID_HEX} {OID_HEX} 01000000 05 0000 0000"
+            # frontier, truncated, more, counted, counted_bytes
+            f" 01000000 {OID_HEX} 01000000 00 00000000 01000000 9c00000000000000",
+        ],
+    ),
+    (EdgeUses([OID]), 17, False, [env(62, 17), f"01000000 {OID_HEX}"]),
+    (
+        EdgeCounts([EdgeUse(OID, OID, 3)]),
+        17,
+        True,
+        [env(63, 17, True), f"01000000 {OID_HEX} {OID_HEX} 0300000000000000"],
+    ),
+    (
+        Migrate(b"\xaa", [OID], "n2"),
+        18,
+        False,
+        # txn_id, object_ids, to_node
+        [env(70, 18), f"01000000 aa 01000000 {OID_HEX} 0200 6e32"],
+    ),
+    (
+        Migrated([ObjectVersion(OID, 2)], 2),
+        18,
+        True,
+        [env(71, 18, True), f"01000000 {OID_HEX} 0200000000000000 0200000000000000"],
+    ),
+    (
+        MigrateIn(
+            b"\xaa", 2, [ObjectImage(OID, 1, b"\x01")], ["n3"],
+            [AppliedTxn(b"\xbb", [5], [ObjectVersion(OID, 1)])],
+        ),
+        19,
+        False,
+        [
+            env(72, 19),
+            # txn_id, epoch, images (data -> payload 0, fot -> payload 1), holders
+            f"01000000 aa 0200000000000000 01000000 {OID_HEX} 0100000000000000 01000000 01"
+            " 00000000 01000000 01000000 0200 6e33"
+            # applied: txn_id, results, versions
+            f" 01000000 01000000 bb 01000000 0500000000000000 01000000 {OID_HEX}"
+            " 0100000000000000",
+            "",
+            "",
+        ],
+    ),
+    (
+        RunCode(OID, OID, b"[]", 1000),
+        20,
+        False,
+        # code_id, root, args (JSON), timeout_ms
+        [env(80, 20), f"{OID_HEX} {OID_HEX} 02000000 5b5d e8030000"],
+    ),
+    (
+        CodeResult(b"6", b"{}", 5),
+        20,
+        True,
+        # result (JSON), stats (JSON), elapsed_us
+        [env(81, 20, True), "01000000 36 02000000 7b7d 0500000000000000"],
     ),
 ]
 
