@@ -261,3 +261,42 @@ def decode_capability_header(value: str) -> Capability:
 
 def _b64(raw: bytes) -> str:
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+# A signed request carried in a URL (a link a browser can open, which cannot sign):
+# the same fields as the headers, as query parameters, appended after the query
+# they sign. Each link is good once (its nonce), within the time window.
+LINK_PARAMS = {
+    "dtwz-key": KEY_HEADER,
+    "dtwz-ts": TIMESTAMP_HEADER,
+    "dtwz-nonce": NONCE_HEADER,
+    "dtwz-aud": AUDIENCE_HEADER,
+    "dtwz-sig": SIGNATURE_HEADER,
+}
+
+
+def link_query(headers: Mapping[str, str]) -> str:
+    """The query parameters that carry ``sign_request``'s headers in a link."""
+    names = {v.lower(): k for k, v in LINK_PARAMS.items()}
+    return "&".join(f"{names[k.lower()]}={v}" for k, v in headers.items()
+                    if k.lower() in names)  # fmt: skip
+
+
+def split_link(raw_path: str) -> tuple[str, dict[str, str]] | None:
+    """(the path and query that were signed, the signature headers) of a signed
+    link; None if ``raw_path`` carries no signature. The signature parameters must
+    come last, as ``link_query`` writes them."""
+    path, _, query = raw_path.partition("?")
+    parts = query.split("&") if query else []
+    signed, headers = [], {}
+    for part in parts:
+        name, _, value = part.partition("=")
+        if name in LINK_PARAMS:
+            headers[LINK_PARAMS[name]] = value
+        elif headers:
+            return None  # something after the signature: not signed
+        else:
+            signed.append(part)
+    if SIGNATURE_HEADER not in headers:
+        return None
+    return (f"{path}?{'&'.join(signed)}" if signed else path), headers

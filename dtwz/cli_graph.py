@@ -72,13 +72,20 @@ def graph(ctx: click.Context, url: str | None, timeout: float) -> None:
               help="tree: in the terminal; the others are written to --out (or stdout).")
 @click.option("--out", "-o", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the drawing here.")  # fmt: skip
+@click.option("--link", is_flag=True,
+              help="Print a link to the node's web view of the drawing instead (signed: "
+                   "good once, for a minute).")  # fmt: skip
 @pass_remote
 def graph_show(
     rc: RemoteConfig, root: ObjectRef, depth: int | None, budget: int | None, fmt: str,
-    out: Path | None,
+    out: Path | None, link: bool,
 ) -> None:  # fmt: skip
     """Draw the objects reachable from ROOT, coloured by home node."""
     with rc.client() as client:
+        if link:
+            click.echo(client.graph_link(root, "html" if fmt == "tree" else fmt, depth=depth,
+                                         budget=budget))  # fmt: skip
+            return
         g = client.walk(root, depth=depth, budget=budget)
     if fmt == "tree":
         if out is not None:

@@ -50,7 +50,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlencode, urlsplit
 
 from dtwz import errors
-from dtwz.auth import CAPABILITY_HEADER, body_sha256, encode_capability_header, sign_request
+from dtwz.auth import (
+    CAPABILITY_HEADER,
+    body_sha256,
+    encode_capability_header,
+    link_query,
+    sign_request,
+)
 from dtwz.capabilities import Capability
 from dtwz.errors import (
     ClusterError,
@@ -634,6 +640,18 @@ class Client:
     ) -> str:  # fmt: skip
         """The graph of ``root`` drawn by the node: html, svg, dot or json."""
         return remote.view(self, root, fmt, depth=depth, budget=budget)
+
+    def graph_link(
+        self, root: ObjectRef, fmt: str = "html", *, depth: int | None = None,
+        budget: int | None = None,
+    ) -> str:  # fmt: skip
+        """A URL of the node's drawing of ``root`` that a browser can open: signed by
+        this client's identity, good once, within the node's time window (60 s)."""
+        query: dict[str, Any] = {"root": self.resolve(root).hex(), "format": fmt}
+        query |= {k: v for k, v in (("depth", depth), ("budget", budget)) if v is not None}
+        target = f"/graph/view?{urlencode(query)}"
+        signature = link_query(self._auth_headers("GET", target, b""))
+        return f"{self.url}{target}&{signature}" if signature else f"{self.url}{target}"
 
     def prefetch(
         self, root: ObjectRef, *, depth: int | None = None, budget: int | None = None,

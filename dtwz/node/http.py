@@ -45,7 +45,7 @@ import base64
 import html
 import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -54,7 +54,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from dtwz import errors
-from dtwz.auth import CAPABILITY_HEADER, body_sha256
+from dtwz.auth import CAPABILITY_HEADER, SIGNATURE_HEADER, body_sha256, split_link
 from dtwz.capabilities import Rights
 from dtwz.errors import DtwzError, InvalidArgument
 from dtwz.ids import ZERO_ID, ObjectId
@@ -156,6 +156,9 @@ async def allow(
         await access.check(request["accessor"], oid, rights, request["caps"], offset, length)
 
 
+LINK_ROUTES = frozenset({"/graph/view"})  # pages a browser opens from a signed link
+
+
 async def _authenticate(request: web.Request, route: str) -> None:
     access = _node(request).access
     if access is None or route in OPEN_ROUTES:
@@ -167,8 +170,13 @@ async def _authenticate(request: web.Request, route: str) -> None:
             new_key = KeyRecord.decode(body).public_key
         except DtwzError as exc:
             raise InvalidArgument(f"the body is not a key record: {exc}") from exc
+    headers: Mapping[str, str] = request.headers
+    signed_path = request.raw_path
+    link = split_link(signed_path) if route in LINK_ROUTES and request.method == "GET" else None
+    if link is not None and SIGNATURE_HEADER not in request.headers:
+        signed_path, headers = link  # a signed link, opened by a browser
     request["accessor"] = await access.authenticate(
-        request.headers, request.method, request.raw_path, body_sha256(body), new_key
+        headers, request.method, signed_path, body_sha256(body), new_key
     )
     request["caps"] = parse_capabilities(request.headers.get(CAPABILITY_HEADER))
 
@@ -263,7 +271,8 @@ async def cluster(request: web.Request) -> web.Response:
 
 
 async def index(request: web.Request) -> web.Response:
-    status = _node(request).status()
+    node = _node(request)
+    status = node.status()
     rows = "".join(
         f"<tr><td>{html.escape(m['node_id'])}</td><td>{m['state']}</td>"
         f"<td><a href='{html.escape(m['http'])}/'>{html.escape(m['http'])}</a></td></tr>"
@@ -274,6 +283,8 @@ async def index(request: web.Request) -> web.Response:
         "<h2>object graph</h2><form action='/graph/view'>"
         "<input name='root' size=34 placeholder='object ID (32 hex digits)' required> "
         "<input name='depth' size=4 placeholder='depth'> <button>draw</button></form>"
+        + ("<p>Security is on: a browser cannot sign, so open drawings from a signed link, "
+           "<code>dtwz graph ROOT --link</code>.</p>" if node.access is not None else "")
         + (f"<p><a href='/graph/view?root={root}&amp;depth=2'>the namespace root</a></p>"
            if root else "")
     )  # fmt: skip

@@ -10,6 +10,8 @@ import json
 import random
 import struct
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -236,6 +238,16 @@ def test_the_web_view_and_the_cli_draw_the_graph(
     svg = ElementTree.fromstring(clients["n3"].graph_view(ids[0], "svg"))
     assert svg.tag.endswith("svg")
     assert "/graph/view" in clients["n1"]._call("GET", "/").body.decode()  # the web view
+
+    # a browser cannot sign: it opens a signed link, once; the bare URL is refused
+    link = clients["n2"].graph_link(ids[0])
+    with urllib.request.urlopen(link, timeout=30) as answer:
+        assert ids[2].hex() in answer.read().decode()
+    for url in (link, link.split("&dtwz-")[0]):
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(url, timeout=30)
+        assert refused.value.code in (401, 403)
+        refused.value.close()
 
     url = clients["n1"].url
     runner = CliRunner()
