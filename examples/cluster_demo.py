@@ -124,12 +124,15 @@ def show_status(client: Client, cluster: LocalCluster) -> None:
 
 
 def sum_numbers(api, root):  # type: ignore[no-untyped-def]  # runs in a node's worker
-    """Sum the list's numbers: a code object's function gets a client and the root."""
-    total, item = 0, api.view(DemoItem, root)
-    while item is not None:
-        total += item.number
-        item = item.next
-    return total
+    """Sum the list's numbers. A code object carries only this function's source, so
+    it reads the DemoItem fields by offset: number at 0, next pointer at 32."""
+    total, obj, at = 0, api.get(root), 0x1000
+    while True:
+        total += obj.read_u64(at)
+        word = obj.read_u64(at + 32)
+        if not word:
+            return total
+        obj, at = obj.follow(word)
 
 
 def graph_demo(client: Client, head: ObjectId, data: Path) -> None:
