@@ -29,7 +29,7 @@ import logging
 import os
 import struct
 from collections import OrderedDict, defaultdict, deque
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, Protocol
 
 import networkx as nx
@@ -235,54 +235,32 @@ class GraphAgent:
         """The subgraph reachable from ``root`` (docs/GRAPH.md)."""
         self.stats["walks"] += 1
         graph = model.empty_graph(root.hex(), depth, budget)
-        walk_id = os.urandom(8)
-        frontier: dict[ObjectId, int] = {root: 0}
         order: list[str] = []  # objects in the order walked (about breadth-first)
         edges: list[GraphEdge] = []
         max_depth = NO_LIMIT if depth is None else depth
         truncated = False
-        known: dict[ObjectId, str] = {}  # frontier objects whose home a holder told us
-        stale: dict[ObjectId, int] = {}  # sent to a holder that did not home them
-        while frontier:
-            by_home: dict[str, list[WalkStart]] = defaultdict(list)
-            unknown = [o for o in frontier if o not in known]
-            located = dict(zip(unknown, await asyncio.gather(
-                *(self._home(o, refresh=o in stale) for o in unknown)), strict=True))  # fmt: skip
-            for oid, d in frontier.items():
-                where = known.pop(oid, None) or located[oid]
-                if isinstance(where, str):
-                    by_home[where].append(WalkStart(oid, d))
-                else:
-                    graph.add_node(oid.hex(), kind="missing", error=str(where), depth=d)
-            left = 0 if budget is None else max(1, budget - _total_bytes(graph))
-            homes = list(by_home)
-            parts = await asyncio.gather(*(
-                self._expand(home, GraphExpand(walk_id, by_home[home], max_depth, left))
-                for home in homes
-            ))  # fmt: skip
-            frontier = {}
-            for home, part in zip(homes, parts, strict=True):
-                truncated |= part.truncated
-                for o in part.objects:
-                    key = o.object_id.hex()
-                    if key in graph:
-                        continue
+
+        def missing(oid: ObjectId, d: int, why: str) -> None:
+            graph.add_node(oid.hex(), kind="missing", error=why, depth=d)
+
+        def expand(starts: list[WalkStart]) -> GraphExpand | None:
+            nonlocal truncated
+            used = _total_bytes(graph)
+            if budget is not None and used >= budget:
+                truncated = True  # the budget is spent and there is more to walk
+                return None
+            left = 0 if budget is None else max(1, budget - used)
+            return GraphExpand(walk_id, starts, max_depth, left)
+
+        walk_id = os.urandom(8)
+        async for _, part in self._steps(root, expand, missing, lambda o: o.hex() in graph):
+            truncated |= part.truncated
+            for o in part.objects:
+                key = o.object_id.hex()
+                if key not in graph:
                     graph.add_node(key, **_object_attrs(o))
                     order.append(key)
-                edges.extend(part.edges)
-                for f in part.more:  # homed there, left for another request
-                    known[f.object_id] = home
-                    frontier[f.object_id] = f.depth
-                asked = {w.object_id for w in by_home[home]}
-                for f in part.frontier:
-                    if f.object_id in asked and _stale(stale, f.object_id):
-                        graph.add_node(f.object_id.hex(), kind="missing", depth=f.depth,
-                                       error=f"{home} does not home it any more")  # fmt: skip
-                    elif f.object_id.hex() not in graph:
-                        frontier[f.object_id] = min(f.depth, frontier.get(f.object_id, f.depth))
-            if budget is not None and _total_bytes(graph) >= budget:
-                truncated |= bool(frontier)
-                break
+            edges.extend(part.edges)
         truncated |= _trim_to_budget(graph, order, budget)
         _add_edges(graph, edges)
         if uses:
@@ -296,12 +274,40 @@ class GraphAgent:
         """Bytes per home of what ``root`` reaches, the objects counted, and whether
         the budget cut it short: a walk whose holders send back counts, not objects
         (what deciding where code runs needs)."""
-        walk_id = os.urandom(8)
-        frontier: dict[ObjectId, int] = {root: 0}
-        known: dict[ObjectId, str] = {}
-        stale: dict[ObjectId, int] = {}
         by_home: dict[str, int] = defaultdict(int)
         objects, truncated = 0, False
+        walk_id = os.urandom(8)
+
+        def expand(starts: list[WalkStart]) -> GraphExpand | None:
+            nonlocal truncated
+            used = sum(by_home.values())
+            if budget is not None and used >= budget:
+                truncated = True
+                return None
+            left = 0 if budget is None else max(1, budget - used)
+            return GraphExpand(walk_id, starts, NO_LIMIT, left, summary=True)
+
+        async for home, part in self._steps(root, expand, lambda *_: None, lambda _: False):
+            truncated |= part.truncated
+            by_home[home] += part.counted_bytes
+            objects += part.counted
+        return dict(by_home), objects, truncated
+
+    async def _steps(
+        self,
+        root: ObjectId,
+        expand: Callable[[list[WalkStart]], GraphExpand | None],
+        missing: Callable[[ObjectId, int, str], None],
+        done: Callable[[ObjectId], bool],
+    ) -> AsyncIterator[tuple[str, GraphPart]]:
+        """The parts of a walk from ``root`` and the holder of each, step by step:
+        locate the frontier, send one ``expand(starts)`` to each holder at once, route
+        what comes back (``more`` to the same holder, the frontier to wherever it
+        lives). ``expand`` returning
+        None ends the walk (a budget); ``done`` tells objects already walked."""
+        frontier: dict[ObjectId, int] = {root: 0}
+        known: dict[ObjectId, str] = {}  # frontier objects whose home a holder told us
+        stale: dict[ObjectId, int] = {}  # sent to a holder that did not home them
         while frontier:
             starts: dict[str, list[WalkStart]] = defaultdict(list)
             unknown = [o for o in frontier if o not in known]
@@ -311,28 +317,25 @@ class GraphAgent:
                 where = known.pop(oid, None) or located[oid]
                 if isinstance(where, str):
                     starts[where].append(WalkStart(oid, d))
-            left = 0 if budget is None else max(1, budget - sum(by_home.values()))
-            homes = list(starts)
-            parts = await asyncio.gather(*(
-                self._expand(h, GraphExpand(walk_id, starts[h], NO_LIMIT, left, summary=True))
-                for h in homes
-            ))  # fmt: skip
+                else:
+                    missing(oid, d, str(where))
+            messages = {home: expand(s) for home, s in starts.items()}
+            if any(m is None for m in messages.values()):
+                return
+            homes = list(messages)
+            parts = await asyncio.gather(*(self._expand(h, m) for h, m in messages.items() if m))
             frontier = {}
             for home, part in zip(homes, parts, strict=True):
-                truncated |= part.truncated
-                by_home[home] += part.counted_bytes
-                objects += part.counted
-                for f in part.more:
+                yield home, part
+                for f in part.more:  # homed there, left for another request
                     known[f.object_id] = home
                     frontier[f.object_id] = f.depth
                 asked = {w.object_id for w in starts[home]}
                 for f in part.frontier:
-                    if not (f.object_id in asked and _stale(stale, f.object_id)):
-                        frontier.setdefault(f.object_id, f.depth)
-            if budget is not None and sum(by_home.values()) >= budget:
-                truncated |= bool(frontier)
-                break
-        return dict(by_home), objects, truncated
+                    if f.object_id in asked and _stale(stale, f.object_id):
+                        missing(f.object_id, f.depth, f"{home} does not home it any more")
+                    elif not done(f.object_id):
+                        frontier[f.object_id] = min(f.depth, frontier.get(f.object_id, f.depth))
 
     async def _home(self, oid: ObjectId, *, refresh: bool = False) -> str | Exception:
         try:
