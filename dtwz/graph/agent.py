@@ -76,7 +76,10 @@ WINDOW = 4  # FetchMany requests in flight per holder
 WALKS_REMEMBERED = 64  # walks whose expanded objects a holder remembers
 MIGRATE_TIMEOUT = 60.0  # seconds for a home to ship a group of objects
 YIELD_EVERY = 512  # objects expanded between yields to the event loop
-EXPAND_MAX = 8192  # objects one GraphExpand answers with at most
+EXPAND_MAX = 4096  # objects one GraphExpand answers with at most
+# a walk step or a batch does thousands of objects' work at the holder: allow it more
+# than a single-object request (a holder that dies fails it at once anyway)
+BATCH_TIMEOUT = 30.0
 
 Progress = Callable[[int, int], None]  # (objects done, bytes done)
 
@@ -348,7 +351,7 @@ class GraphAgent:
             return await self.on_expand(message)
         for attempt in range(3):
             try:
-                reply = await self.cluster.request(home, message)
+                reply = await self.cluster.request(home, message, BATCH_TIMEOUT)
             except StaleLocation:  # moved meanwhile: ask the directory again
                 if attempt == 2:
                     raise
@@ -494,7 +497,7 @@ class GraphAgent:
             async def batch(ids: list[ObjectId]) -> None:
                 async with gate:
                     message = FetchMany(ids, True, self.cluster.node_id)
-                    reply = await self.cluster.request(home, message)
+                    reply = await self.cluster.request(home, message, BATCH_TIMEOUT)
                 if not isinstance(reply, ObjectBatch):
                     raise ClusterError(f"node {home} answered a batch fetch with {reply!r}")
                 stats["requests"] += 1
