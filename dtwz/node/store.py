@@ -270,11 +270,37 @@ class Store:
 
     def metadata(self, oid: ObjectId, head: int = 0) -> tuple[ObjectHeader, bytes, bytes]:
         """An object's header, its FOT bytes and the first ``head`` bytes of its data
-        (what a walk needs). ``ObjectNotFound`` if absent."""
-        obj = self.get(oid)  # mapped and kept: the next walk finds it mapped
-        header = obj.header()
-        return (header, bytes(obj.view[header.fot_start : header.max_size]),
-                bytes(obj.view[DATA_START : DATA_START + head]))  # fmt: skip
+        (what a walk needs): from its mapping when it is mapped, else read from the
+        file without mapping it, so that a walk over many objects does not push the
+        objects in use out of the mapping cache. ``ObjectNotFound`` if absent."""
+        obj = self._mappings.get(oid)
+        if obj is not None:
+            header = obj.header()
+            return (header, bytes(obj.view[header.fot_start : header.max_size]),
+                    bytes(obj.view[DATA_START : DATA_START + head]))  # fmt: skip
+        hexid = oid.hex()
+        path = f"{self._objects_dir_str}/{hexid[:2]}/{hexid}"
+        for _ in range(3):
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except FileNotFoundError as exc:
+                raise ObjectNotFound(f"no object {hexid} in store {self.path}") from exc
+            except OSError as exc:
+                raise StoreError(f"cannot open object {hexid}: {exc}") from exc
+            try:
+                try:
+                    header = ObjectHeader.decode(os.pread(fd, HEADER_RECORD_SIZE, 0),
+                                                 check_id=False)  # fmt: skip
+                except CorruptObject:
+                    continue  # read while this process applied a commit: read again
+                fot = os.pread(fd, header.max_size - header.fot_start, header.fot_start)
+                first = os.pread(fd, head, DATA_START) if head else b""
+            finally:
+                os.close(fd)
+            if header.object_id != oid:
+                raise CorruptObject(f"file {path} holds object {header.object_id.hex()}")
+            return header, fot, first
+        raise CorruptObject(f"object {hexid}: header unreadable ({path})")
 
     def exists(self, oid: ObjectId) -> bool:
         if oid in self._mappings:
