@@ -49,12 +49,18 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlencode, urlsplit
 
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
+
 from dtwz import errors
 from dtwz.auth import (
     CAPABILITY_HEADER,
+    SESSION_TTL,
     body_sha256,
+    client_session_keys,
     encode_capability_header,
     link_query,
+    mac_request,
+    session_key,
     sign_request,
 )
 from dtwz.capabilities import Capability
@@ -68,6 +74,7 @@ from dtwz.errors import (
     ProtocolError,
     TransactionConflict,
     UnknownKey,
+    UnknownSession,
     UnresolvedName,
 )
 from dtwz.graph import remote, stream
@@ -278,6 +285,10 @@ class Client:
         self._audience = audience  # the node's ID; asked of /health on first use
         self._capabilities: dict[ObjectId, str] = {}  # target -> header value
         self._key_stored = False
+        # (session ID, key, expiry): requests carry an HMAC instead of a signature
+        self._session: tuple[ObjectId, bytes, float] | None = None
+        self._sessions = True  # False once a node says it has none (security off)
+        self._session_lock = threading.RLock()
 
     def add_capability(self, cap: Capability) -> None:
         """Send ``cap`` with every request from now on (one per target object)."""
@@ -291,21 +302,59 @@ class Client:
         True when it was created now."""
         if self.identity is None:
             raise InvalidArgument("this client has no identity")
+        # signed, not in a session: a session is opened by a key the cluster knows
         response = self._call("POST", "/keys", None, self.identity.record.encode(),
-                              headers={"X-Dtwz-Txn": os.urandom(16).hex()})  # fmt: skip
+                              headers={"X-Dtwz-Txn": os.urandom(16).hex()},
+                              session=False)  # fmt: skip
         self._key_stored = True
         return response.status == 201
 
-    def _auth_headers(self, method: str, target: str, body: bytes | None) -> dict[str, str]:
+    def _auth_headers(
+        self, method: str, target: str, body: bytes | None, *, session: bool = True
+    ) -> dict[str, str]:
         if self.identity is None:
             return {}
         if self._audience is None:
             self._audience = str(self._call("GET", "/health", sign=False).json()["node_id"])
-        headers = sign_request(self.identity, method, target, body_sha256(body or b""),
-                               time.time(), audience=self._audience)  # fmt: skip
+        now = time.time()
+        digest = body_sha256(body or b"")
+        opened = self._open_session(now) if session else None
+        if opened is not None:
+            headers = mac_request(opened[0], opened[1], method, target, digest, now,
+                                  audience=self._audience)  # fmt: skip
+        else:
+            headers = sign_request(self.identity, method, target, digest, now,
+                                   audience=self._audience)  # fmt: skip
         if self._capabilities:
             headers[CAPABILITY_HEADER] = ",".join(self._capabilities.values())
         return headers
+
+    def _open_session(self, now: float) -> tuple[ObjectId, bytes, float] | None:
+        """The session requests are made in: one Ed25519-signed handshake (an X25519
+        key agreement), then an HMAC per request (docs/SECURITY.md §5)."""
+        if not self._sessions or self.identity is None:
+            return None
+        with self._session_lock:
+            if self._session is not None and self._session[2] - now > 30:
+                return self._session
+            private, public = client_session_keys()
+            try:
+                doc = self._call("POST", "/session", None, public, session=False).json()
+            except InvalidArgument:  # the node has no sessions (security off): sign
+                self._sessions = False
+                return None
+            try:
+                session_id = ObjectId.parse(str(doc["session"]))
+                node_public = bytes.fromhex(str(doc["public"]))
+                shared = private.exchange(X25519PublicKey.from_public_bytes(node_public))
+                expires = now + min(float(doc["expires"]) - time.time(), SESSION_TTL)
+            except (KeyError, ValueError, DtwzError) as exc:
+                raise ProtocolError(f"{self.url} answered a session request badly: {exc}") from exc
+            assert self._audience is not None
+            key = session_key(shared, session_id, self.identity.kuid, public, node_public,
+                              self._audience)  # fmt: skip
+            self._session = (session_id, key, expires)
+            return self._session
 
     def close(self) -> None:
         self._pool.close()
@@ -650,7 +699,7 @@ class Client:
         query: dict[str, Any] = {"root": self.resolve(root).hex(), "format": fmt}
         query |= {k: v for k, v in (("depth", depth), ("budget", budget)) if v is not None}
         target = f"/graph/view?{urlencode(query)}"
-        signature = link_query(self._auth_headers("GET", target, b""))
+        signature = link_query(self._auth_headers("GET", target, b"", session=False))
         return f"{self.url}{target}&{signature}" if signature else f"{self.url}{target}"
 
     def prefetch(
@@ -710,6 +759,7 @@ class Client:
         check: bool = True,
         timeout: float | None = None,
         sign: bool = True,
+        session: bool = True,
     ) -> _Response:
         target = f"{path}?{urlencode(query)}" if query else path
         base_headers = {"Content-Type": "application/octet-stream", **(headers or {})}
@@ -717,9 +767,11 @@ class Client:
         failures = 0
         stale_allowed = True
         key_retry = sign and self.identity is not None and not self._key_stored
+        session_retry = sign and session and self.identity is not None
         while True:
             # signed afresh for every attempt: a node refuses a nonce it has seen
-            all_headers = {**base_headers, **self._auth_headers(method, target, body)} \
+            all_headers = {**base_headers,
+                           **self._auth_headers(method, target, body, session=session)} \
                 if sign else base_headers  # fmt: skip
             conn, reused = self._pool.take()
             _set_timeout(conn, timeout or self.timeout)
@@ -744,6 +796,11 @@ class Client:
                 conn.close()
             else:
                 self._pool.give_back(conn)
+            if session_retry and response.status == 401:
+                session_retry = False
+                if isinstance(_error_from(response, self.url), UnknownSession):
+                    self._session = None  # expired, or the node restarted: open another
+                    continue
             if key_retry and response.status == 401 and path != "/keys":
                 key_retry = False
                 if isinstance(_error_from(response, self.url), UnknownKey):

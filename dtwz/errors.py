@@ -220,6 +220,11 @@ class ReplayedRequest(AccessDenied):
     the window in which replays can be recognised."""
 
 
+class UnknownSession(AccessDenied):
+    """A request made in a session the node does not have (expired, or the node
+    restarted): the client should open a new session and send it again."""
+
+
 class UnknownKey(AccessDenied):
     """A signed request whose key the cluster does not know: the client should store
     its public key object (``POST /keys``) and send the request again."""

@@ -26,7 +26,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 
-from dtwz.auth import RequestVerifier, decode_capability_header
+from dtwz.auth import SESSION_HEADER, RequestVerifier, SessionTable, decode_capability_header
 from dtwz.capabilities import Capability, Rights, VerifiedCache, default_allows, verify
 from dtwz.errors import (
     AccessDenied,
@@ -96,11 +96,23 @@ class Access:
         self.admitted = admitted
         self.keys = keys
         self.verifier = RequestVerifier(audience=node_id)
+        self.node_id = node_id
+        self.sessions = SessionTable()
         self.cache = VerifiedCache()
         self._header_of = header_of
         self._protections: OrderedDict[ObjectId, tuple[ObjectId, int]] = OrderedDict()
         self._clock = clock
-        self.stats = {"requests": 0, "denied": 0, "capabilities": 0}
+        self.stats = {"requests": 0, "denied": 0, "capabilities": 0, "session_requests": 0,
+                      "sessions_opened": 0}  # fmt: skip
+
+    def open_session(self, owner: ObjectId, client_public: bytes) -> dict[str, object]:
+        """A session for ``owner`` (who signed the request that asks): its ID, the
+        node's X25519 public key and the expiry (unix seconds)."""
+        session_id, node_public, expires = self.sessions.open(
+            owner, client_public, self.node_id, self._clock()
+        )
+        self.stats["sessions_opened"] += 1
+        return {"session": session_id.hex(), "public": node_public.hex(), "expires": expires}
 
     def is_trusted(self, kuid: ObjectId) -> bool:
         """The admin and the cluster's nodes: allowed everything."""
@@ -117,6 +129,15 @@ class Access:
         """The kuid that signed this request. ``new_key``: a key the request itself
         brings (registering a key object), usable to check its own signature."""
         self.stats["requests"] += 1
+        if SESSION_HEADER in headers:  # an HMAC in a session: no signature to check
+            claimed = _claimed_kuid(headers)
+            if claimed is None:
+                raise AccessDenied("a session request names no session")
+            session = self.sessions.lookup(claimed, self._clock())
+            self.stats["session_requests"] += 1
+            self.verifier.verify(headers, method, raw_path, body_digest, self._clock(),
+                                 lambda _: session)  # fmt: skip
+            return session.owner
         claimed = _claimed_kuid(headers)
         if claimed is not None and new_key is not None and new_key.kuid == claimed:
             self.keys.add(new_key)

@@ -54,7 +54,13 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from dtwz import errors
-from dtwz.auth import CAPABILITY_HEADER, SIGNATURE_HEADER, body_sha256, split_link
+from dtwz.auth import (
+    CAPABILITY_HEADER,
+    SESSION_HEADER,
+    SIGNATURE_HEADER,
+    body_sha256,
+    split_link,
+)
 from dtwz.capabilities import Rights
 from dtwz.errors import DtwzError, InvalidArgument
 from dtwz.ids import ZERO_ID, ObjectId
@@ -79,7 +85,7 @@ _STATUS = {
     "NameExists": 409, "NotADirectory": 409, "DirectoryNotEmpty": 409, "SymlinkLoop": 400,
     "InvalidName": 400, "ObjectMoved": 503, "MigrationError": 409, "GraphError": 400,
     "CodeError": 422, "CodeTimeout": 504, "AccessDenied": 403, "InvalidCapability": 403,
-    "CapabilityExpired": 403, "ReplayedRequest": 401, "UnknownKey": 401,
+    "CapabilityExpired": 403, "ReplayedRequest": 401, "UnknownKey": 401, "UnknownSession": 401,
 }  # fmt: skip
 # no signature needed: liveness, metrics and the member list reveal no object data
 OPEN_ROUTES = frozenset({"/health", "/ready", "/metrics", "/cluster", "/"})
@@ -235,6 +241,7 @@ def build_app(node: Node) -> web.Application:
     app.router.add_post("/transact", transact)
     app.router.add_get("/locate/{id}", locate)
     app.router.add_post("/keys", register_key)
+    app.router.add_post("/session", open_session)
     app.router.add_get("/names/root", names_root)
     app.router.add_get("/names/resolve", names_resolve)
     app.router.add_get("/names/list", names_list)
@@ -467,6 +474,18 @@ async def locate(request: web.Request) -> web.Response:
     record = where.record
     return web.json_response({"id": oid.hex(), "home": record.home, "version": record.version,
                               "epoch": record.epoch, "copies": where.copies})  # fmt: skip
+
+
+async def open_session(request: web.Request) -> web.Response:
+    """Open an HMAC session for the identity that signed this request; the body is
+    the client's ephemeral X25519 public key (docs/SECURITY.md §5)."""
+    node = _node(request)
+    if node.access is None:
+        raise InvalidArgument("security is off: there are no sessions")
+    body = await request.read()
+    if request.headers.get(SESSION_HEADER):
+        raise InvalidArgument("a session is opened with a signed request, not in a session")
+    return web.json_response(node.access.open_session(accessor(request), body), status=201)
 
 
 async def register_key(request: web.Request) -> web.Response:

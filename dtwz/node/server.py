@@ -606,6 +606,7 @@ class Node:
             "store": dict(self.store.stats),
             "peer": dict(self.peer.stats),
             "node": dict(self.stats),
+            "access": dict(self.access.stats) if self.access is not None else {},
             "names": self.names.status() if self.names is not None else {},
             "graph": dict(self.graph.stats) if self.graph is not None else {},
             "code": dict(self.code.stats) if self.code is not None else {},
