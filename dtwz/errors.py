@@ -41,6 +41,7 @@ so callers never have to know which library sat underneath::
         ├── InvalidCapability       malformed, forged or badly delegated capability
         ├── CapabilityExpired       a capability (or a link of its chain) is past its expiry
         ├── ReplayedRequest         a signed request seen before, or outside the time window
+        ├── UnknownSession          the node has no such session (expired): open a new one
         └── UnknownKey              the request's key is not known to the cluster (register it)
 
 ``InvalidArgument`` (also a ``ValueError``) covers bad sizes, offsets and flags
