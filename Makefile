@@ -22,6 +22,7 @@ store-demo: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check dtwz tests examples bench
+	$(BIN)/ruff format --check dtwz tests examples bench
 	$(BIN)/mypy
 
 test: $(STAMP) lint

@@ -224,11 +224,27 @@ def start_node_a(stack: contextlib.ExitStack, root: Path) -> tuple[str, int]:
     peer_port, http_port = free_ports(2)
     log = root / "node-a.log"
     argv = [
-        sys.executable, "-m", "dtwz", "node", "run", "--node-id", "a",
-        "--data-dir", str(root / "a"), "--bind-host", _HOST,
-        "--peer-port", str(peer_port), "--http-port", str(http_port),
-        "--no-durable", "--log-level", "warning", "--keys-dir", str(root / "keys"),
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "dtwz",
+        "node",
+        "run",
+        "--node-id",
+        "a",
+        "--data-dir",
+        str(root / "a"),
+        "--bind-host",
+        _HOST,
+        "--peer-port",
+        str(peer_port),
+        "--http-port",
+        str(http_port),
+        "--no-durable",
+        "--log-level",
+        "warning",
+        "--keys-dir",
+        str(root / "keys"),
+    ]
     proc = _spawn(stack, argv, log)
     try:
         _wait_until(partial(_http_ok, http_port, "/ready"), proc, "node A")
@@ -275,9 +291,22 @@ def start_redis(stack: contextlib.ExitStack, root: Path) -> tuple[int | None, st
     folder.mkdir()
     (port,) = free_ports(1)
     argv = [
-        exe, "--port", str(port), "--bind", _HOST, "--save", "", "--appendonly", "no",
-        "--dir", str(folder), "--protected-mode", "no", "--daemonize", "no",
-    ]  # fmt: skip
+        exe,
+        "--port",
+        str(port),
+        "--bind",
+        _HOST,
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        str(folder),
+        "--protected-mode",
+        "no",
+        "--daemonize",
+        "no",
+    ]
     proc = _spawn(stack, argv, folder / "redis.log")
 
     def answers() -> bool:
@@ -331,9 +360,15 @@ class ClusterBench:
         self.stack.callback(self.on_loop.close)
         b_peer, b_http = free_ports(2)
         config = NodeConfig(
-            node_id="b", data_dir=self.root / "b", bind_host=_HOST, peer_port=b_peer,
-            http_port=b_http, seeds=[peer_a], durable=False, keys_dir=self.root / "keys",
-        )  # fmt: skip
+            node_id="b",
+            data_dir=self.root / "b",
+            bind_host=_HOST,
+            peer_port=b_peer,
+            http_port=b_http,
+            seeds=[peer_a],
+            durable=False,
+            keys_dir=self.root / "keys",
+        )
         self.b = Node(config)
         self.stack.callback(self._stop_b)
         self.on_loop.run(self.b.startup())
@@ -514,8 +549,9 @@ class ClusterBench:
 
     def clients(self) -> None:
         s = self.scale
-        paths = [f"/objects/{oid.hex()}/data?offset={DATA_START}&length={_SMALL}"
-                 for oid in self.small]  # fmt: skip
+        paths = [
+            f"/objects/{oid.hex()}/data?offset={DATA_START}&length={_SMALL}" for oid in self.small
+        ]
         for n in (s.clients, 1):
             ops = n * s.client_requests
             timed = partial(measure, ops=ops, repeat=self.repeat)

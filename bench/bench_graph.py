@@ -102,11 +102,15 @@ def main(argv: list[str] | None = None) -> None:
     opts = parser(__doc__.splitlines()[0]).parse_args(sys.argv[1:] if argv is None else argv)
     scale = QUICK if opts.quick else FULL
     repeat = opts.repeat or scale.repeat
-    settings: dict[str, object] = {"quick": opts.quick, "repeat": repeat, "items": scale.items,
-                                   "dir": str(opts.dir), "filesystem": check_dir(opts.dir),
-                                   "nodes": "n1, n2 processes; client here"}  # fmt: skip
-    report = Report(f"dtwz: traverse a {scale.items:,}-object list homed on another node",
-                    settings)  # fmt: skip
+    settings: dict[str, object] = {
+        "quick": opts.quick,
+        "repeat": repeat,
+        "items": scale.items,
+        "dir": str(opts.dir),
+        "filesystem": check_dir(opts.dir),
+        "nodes": "n1, n2 processes; client here",
+    }
+    report = Report(f"dtwz: traverse a {scale.items:,}-object list homed on another node", settings)
     expected = scale.items * (scale.items - 1) // 2
     with scratch_dir(opts.dir, "graph") as root, contextlib.ExitStack() as stack:
         _LOG.log("building the lists (local baseline, then n2's store) ...")
@@ -154,20 +158,37 @@ def main(argv: list[str] | None = None) -> None:
         n = scale.items
         a = _timed(on_demand, n)
         local_warm, local_cold = _timed(warm, n), _timed(cold, n)
-        report.add(Row("(a) on demand, per object", a, "local warm", local_warm,
-                       unit="object"))  # fmt: skip
-        variants = (("(b) after prefetch", _timed(after, n)),
-                    ("(c) code at the data", _timed(at_data, n)))  # fmt: skip
+        report.add(Row("(a) on demand, per object", a, "local warm", local_warm, unit="object"))
+        variants = (
+            ("(b) after prefetch", _timed(after, n)),
+            ("(c) code at the data", _timed(at_data, n)),
+        )
         for name, ours in variants:
-            report.add(Row(f"{name} vs (a)", ours, "(a) on demand", a,
-                           target=Target("max_ratio", 1 / 50), unit="object"))  # fmt: skip
-            report.add(Row(f"{name} vs local", ours, "local warm", local_warm,
-                           target=Target("max_ratio", 3), unit="object"))  # fmt: skip
-            report.add(Row(f"{name} vs local, cold", ours, "local cold", local_cold,
-                           unit="object"))  # fmt: skip
+            report.add(
+                Row(
+                    f"{name} vs (a)",
+                    ours,
+                    "(a) on demand",
+                    a,
+                    target=Target("max_ratio", 1 / 50),
+                    unit="object",
+                )
+            )
+            report.add(
+                Row(
+                    f"{name} vs local",
+                    ours,
+                    "local warm",
+                    local_warm,
+                    target=Target("max_ratio", 3),
+                    unit="object",
+                )
+            )
+            report.add(Row(f"{name} vs local, cold", ours, "local cold", local_cold, unit="object"))
         b_all = _timed(with_prefetch, n)
-        report.add(Row("(b') prefetch + traversal vs (a)", b_all, "(a) on demand", a,
-                       unit="object"))  # fmt: skip
+        report.add(
+            Row("(b') prefetch + traversal vs (a)", b_all, "(a) on demand", a, unit="object")
+        )
     report.print()
     if opts.json:
         report.write_json(opts.json)

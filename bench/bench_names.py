@@ -100,9 +100,16 @@ class NamesBench:
         self.on_loop = LoopThread()
         self.stack.callback(self.on_loop.close)
         b_peer, b_http = free_ports(2)
-        config = NodeConfig(node_id="b", data_dir=self.root / "b", bind_host=_HOST,
-                            peer_port=b_peer, http_port=b_http, seeds=[peer_a],
-                            durable=False, keys_dir=self.root / "keys")  # fmt: skip
+        config = NodeConfig(
+            node_id="b",
+            data_dir=self.root / "b",
+            bind_host=_HOST,
+            peer_port=b_peer,
+            http_port=b_http,
+            seeds=[peer_a],
+            durable=False,
+            keys_dir=self.root / "keys",
+        )
         self.b = Node(config)
         self.stack.callback(lambda: self.on_loop.run(self.b.shutdown()))
         self.on_loop.run(self.b.startup())
@@ -210,33 +217,55 @@ class NamesBench:
         s, run = self.scale, self.on_loop.self_timed
         _LOG.log("measuring cold lookups ...")
         cold = measure_interleaved(
-            {"resolve": run(self._cold_resolves), "locate": run(self._cold_locates),
-             "walk": run(self._warm_walks)},
-            ops=s.cold, repeat=self.repeat,
-        )  # fmt: skip
+            {
+                "resolve": run(self._cold_resolves),
+                "locate": run(self._cold_locates),
+                "walk": run(self._warm_walks),
+            },
+            ops=s.cold,
+            repeat=self.repeat,
+        )
         _LOG.log("measuring cached lookups ...")
         cached = measure_interleaved(
             {"resolve": run(self._cached_resolves), "locate": run(self._cached_locates)},
-            ops=s.cached, repeat=self.repeat,
-        )  # fmt: skip
+            ops=s.cached,
+            repeat=self.repeat,
+        )
         _LOG.log("measuring lookups through B's HTTP API ...")
         for path in self.paths:  # B's caches warm: the HTTP figures are the API's cost
             self.client.resolve(path)
         http = measure_interleaved(
             {"resolve": self._http_resolves, "locate": self._http_locates},
-            ops=s.http, repeat=self.repeat,
-        )  # fmt: skip
+            ops=s.http,
+            repeat=self.repeat,
+        )
         locate_cold = "node.locate, nothing cached (1 round trip)"
         self.report.add(
-            Row("resolve /bK/c/d/obj, nothing cached at B", cold["resolve"], locate_cold,
-                cold["locate"]),
-            Row("  (directories held, name cache cleared)", cold["walk"], locate_cold,
-                cold["locate"]),
-            Row("resolve /bK/c/d/obj, cached", cached["resolve"], "node.locate, cached",
-                cached["locate"]),
-            Row("  (Client.resolve through B's HTTP API)", http["resolve"],
-                "Client.locate through B's HTTP API", http["locate"]),
-        )  # fmt: skip
+            Row(
+                "resolve /bK/c/d/obj, nothing cached at B",
+                cold["resolve"],
+                locate_cold,
+                cold["locate"],
+            ),
+            Row(
+                "  (directories held, name cache cleared)",
+                cold["walk"],
+                locate_cold,
+                cold["locate"],
+            ),
+            Row(
+                "resolve /bK/c/d/obj, cached",
+                cached["resolve"],
+                "node.locate, cached",
+                cached["locate"],
+            ),
+            Row(
+                "  (Client.resolve through B's HTTP API)",
+                http["resolve"],
+                "Client.locate through B's HTTP API",
+                http["locate"],
+            ),
+        )
         assert self.b.names is not None and self.b.service is not None
         self.report.notes["cold resolution"] = (
             "root, /bK, /bK/c and /bK/c/d fetched from A: four round trips; the directories' "

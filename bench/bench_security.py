@@ -116,15 +116,33 @@ class SecurityBench:
         target, owner, lookup = self.target, self.owner.kuid, self.keys.__getitem__
         kuid, ops = accessor.kuid, self.ops
         if cache is not None:  # warm, untimed
-            verify(Capability.decode(blob), target=target, accessor_kuid=kuid,
-                   rights_needed=Rights.READ, offset=0x1000, length=64, now=_NOW,
-                   owner_kuid_of_target=owner, key_lookup=lookup, cache=cache)  # fmt: skip
+            verify(
+                Capability.decode(blob),
+                target=target,
+                accessor_kuid=kuid,
+                rights_needed=Rights.READ,
+                offset=0x1000,
+                length=64,
+                now=_NOW,
+                owner_kuid_of_target=owner,
+                key_lookup=lookup,
+                cache=cache,
+            )
 
         def batch() -> None:
             for _ in range(ops):
-                verify(Capability.decode(blob), target=target, accessor_kuid=kuid,
-                       rights_needed=Rights.READ, offset=0x1000, length=64, now=_NOW,
-                       owner_kuid_of_target=owner, key_lookup=lookup, cache=cache)  # fmt: skip
+                verify(
+                    Capability.decode(blob),
+                    target=target,
+                    accessor_kuid=kuid,
+                    rights_needed=Rights.READ,
+                    offset=0x1000,
+                    length=64,
+                    now=_NOW,
+                    owner_kuid_of_target=owner,
+                    key_lookup=lookup,
+                    cache=cache,
+                )
 
         return batch
 
@@ -163,8 +181,10 @@ def remote_reads(report: Report, root: Path, ops: int, repeat: int) -> None:
     try:
         open_ = local_cluster.up(2, root / "open", node_args=["--no-security"], timeout=60)
         try:
-            readers = {"secure": _Reader(secure, owner, ops, repeat),
-                       "open": _Reader(open_, None, ops, repeat)}  # fmt: skip
+            readers = {
+                "secure": _Reader(secure, owner, ops, repeat),
+                "open": _Reader(open_, None, ops, repeat),
+            }
             batches: dict[str, Batch] = {}
             for name, reader in readers.items():
                 batches[name] = reader.batch
@@ -175,18 +195,28 @@ def remote_reads(report: Report, root: Path, ops: int, repeat: int) -> None:
     finally:
         secure.stop()
     report.add(
-        Row("remote read 4 KiB, security on (owner, n2 -> n1)", timings["secure"],
-            "the same, security off", timings["open"], target=Target("max_ratio", 1.15)),
-        Row("  (re-read of a copy at n2, security on)", timings["secure hot"],
-            "security off", timings["open hot"]),
-    )  # fmt: skip
+        Row(
+            "remote read 4 KiB, security on (owner, n2 -> n1)",
+            timings["secure"],
+            "the same, security off",
+            timings["open"],
+            target=Target("max_ratio", 1.15),
+        ),
+        Row(
+            "  (re-read of a copy at n2, security on)",
+            timings["secure hot"],
+            "security off",
+            timings["open hot"],
+        ),
+    )
 
 
 class _Reader:
     """A client of n2 and, per timed batch, ``ops`` objects on n1 it has not read."""
 
-    def __init__(self, cluster: local_cluster.LocalCluster, who: Identity | None,
-                 ops: int, repeat: int) -> None:  # fmt: skip
+    def __init__(
+        self, cluster: local_cluster.LocalCluster, who: Identity | None, ops: int, repeat: int
+    ) -> None:
         # security off: no identity at all; on: the reader owns what it reads (not admin)
         with cluster.client("n1", identity=who) as at_n1:
             count = (repeat + 2) * ops  # warm-up and hot batch too

@@ -287,8 +287,7 @@ LINK_PARAMS = {
 def link_query(headers: Mapping[str, str]) -> str:
     """The query parameters that carry ``sign_request``'s headers in a link."""
     names = {v.lower(): k for k, v in LINK_PARAMS.items()}
-    return "&".join(f"{names[k.lower()]}={v}" for k, v in headers.items()
-                    if k.lower() in names)  # fmt: skip
+    return "&".join(f"{names[k.lower()]}={v}" for k, v in headers.items() if k.lower() in names)
 
 
 def split_link(raw_path: str) -> tuple[str, dict[str, str]] | None:
@@ -329,12 +328,17 @@ SESSION_TTL = 600  # seconds a session key is used for
 
 
 def session_key(
-    shared: bytes, session_id: bytes, kuid: bytes, client_public: bytes, node_public: bytes,
+    shared: bytes,
+    session_id: bytes,
+    kuid: bytes,
+    client_public: bytes,
+    node_public: bytes,
     audience: str,
-) -> bytes:  # fmt: skip
+) -> bytes:
     """The 32-byte session key both sides derive from the X25519 shared secret."""
-    info = b"".join([SESSION_DOMAIN, session_id, kuid, client_public, node_public,
-                     audience.encode("ascii")])  # fmt: skip
+    info = b"".join(
+        [SESSION_DOMAIN, session_id, kuid, client_public, node_public, audience.encode("ascii")]
+    )
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(shared)
 
 
@@ -357,9 +361,15 @@ class SessionKey:
 
 
 def mac_request(
-    session_id: ObjectId, key: bytes, method: str, path: str, body_digest: bytes, now: float,
-    nonce: bytes | None = None, audience: str = "",
-) -> dict[str, str]:  # fmt: skip
+    session_id: ObjectId,
+    key: bytes,
+    method: str,
+    path: str,
+    body_digest: bytes,
+    now: float,
+    nonce: bytes | None = None,
+    audience: str = "",
+) -> dict[str, str]:
     """The headers of a request authenticated by a session (as ``sign_request``)."""
     nonce = os.urandom(NONCE_BYTES) if nonce is None else nonce
     timestamp = int(now)
@@ -397,8 +407,9 @@ class SessionTable:
         mine = X25519PrivateKey.generate()
         node_public = mine.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
         session_id = ObjectId(os.urandom(16))
-        key = session_key(mine.exchange(theirs), session_id, owner, client_public,
-                          node_public, audience)  # fmt: skip
+        key = session_key(
+            mine.exchange(theirs), session_id, owner, client_public, node_public, audience
+        )
         expires = now + self.ttl
         with self._lock:
             self._sessions[session_id] = SessionKey(session_id, key, owner, expires)

@@ -236,8 +236,20 @@ def _decode(data: bytes, depth: int) -> Capability:
         raise InvalidCapability(f"capability chain longer than {MAX_CHAIN} links")
     if len(data) < _FIXED.size + SIGNATURE_BYTES:
         raise InvalidCapability(f"capability truncated: {len(data)} bytes")
-    (magic, version, flags, rights, reserved, target, accessor, issuer, expiry, gate_offset,
-     gate_length, parent_len) = _FIXED.unpack_from(data)  # fmt: skip
+    (
+        magic,
+        version,
+        flags,
+        rights,
+        reserved,
+        target,
+        accessor,
+        issuer,
+        expiry,
+        gate_offset,
+        gate_length,
+        parent_len,
+    ) = _FIXED.unpack_from(data)
     if magic != CAP_MAGIC:
         raise InvalidCapability("not a capability (bad magic)")
     if version != CAP_VERSION:
@@ -288,9 +300,16 @@ def _sign(
     gate: Gate | None,
     parent: Capability | None,
 ) -> Capability:
-    unsigned = Capability(target=target, accessor=accessor, rights=rights, expiry=expiry,
-                          gate=gate, issuer=signer.kuid, parent=parent,
-                          signature=bytes(SIGNATURE_BYTES))  # fmt: skip
+    unsigned = Capability(
+        target=target,
+        accessor=accessor,
+        rights=rights,
+        expiry=expiry,
+        gate=gate,
+        issuer=signer.kuid,
+        parent=parent,
+        signature=bytes(SIGNATURE_BYTES),
+    )
     return replace(unsigned, signature=signer.sign(unsigned.signed_message))
 
 

@@ -203,18 +203,33 @@ def cluster() -> None:
 
 
 @cluster.command("up")
-@click.option("--nodes", "n", type=click.IntRange(1, local_cluster.MAX_NODES), default=None,
-              help="How many nodes.  [default: 3, or what the folder holds]")  # fmt: skip
+@click.option(
+    "--nodes",
+    "n",
+    type=click.IntRange(1, local_cluster.MAX_NODES),
+    default=None,
+    help="How many nodes.  [default: 3, or what the folder holds]",
+)
 @data_option
 @click.option(
     "--base-port",
     type=click.IntRange(1024, 65535),
     help="HTTP ports from P, peer ports from P+100.  [default: free ports]",
 )
-@click.option("--node-arg", "node_args", multiple=True, metavar="ARG",
-              help="Extra argument for every `dtwz node run` (repeat).")  # fmt: skip
-@click.option("--timeout", type=click.FloatRange(1), default=local_cluster.START_TIMEOUT,
-              show_default=True, help="Seconds to wait until every node is ready.")  # fmt: skip
+@click.option(
+    "--node-arg",
+    "node_args",
+    multiple=True,
+    metavar="ARG",
+    help="Extra argument for every `dtwz node run` (repeat).",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(1),
+    default=local_cluster.START_TIMEOUT,
+    show_default=True,
+    help="Seconds to wait until every node is ready.",
+)
 @json_option
 @pass_config
 def cluster_up(
@@ -257,8 +272,13 @@ def cluster_status(cfg: CliConfig, data_dir: Path, as_json: bool) -> None:
 
 @cluster.command("down")
 @data_option
-@click.option("--timeout", type=click.FloatRange(0), default=local_cluster.STOP_TIMEOUT,
-              show_default=True, help="Seconds before SIGTERM becomes SIGKILL.")  # fmt: skip
+@click.option(
+    "--timeout",
+    type=click.FloatRange(0),
+    default=local_cluster.STOP_TIMEOUT,
+    show_default=True,
+    help="Seconds before SIGTERM becomes SIGKILL.",
+)
 @json_option
 @pass_config
 def cluster_down(cfg: CliConfig, data_dir: Path, timeout: float, as_json: bool) -> None:
@@ -276,16 +296,26 @@ def _emit_status(
     else:
         table = Table(box=None, header_style="bold")
         with_pids = any(r.pid for r in rows)  # known only for a local cluster folder
-        names = ["NODE", "URL", *(["PID"] if with_pids else []), "UP", "MEMBERS", "OBJECTS",
-                 "COPIES", "HITS", "MISSES"]  # fmt: skip
+        names = [
+            "NODE",
+            "URL",
+            *(["PID"] if with_pids else []),
+            "UP",
+            "MEMBERS",
+            "OBJECTS",
+            "COPIES",
+            "HITS",
+            "MISSES",
+        ]
         for name in names:
             table.add_column(name, justify="left" if name in ("NODE", "URL", "UP") else "right")
         for r in rows:
             state = "ready" if r.ready else ("up" if r.up else "DOWN")
             figures = (r.members, r.objects, r.copies, r.cache_hits, r.cache_misses)
             pid = [str(r.pid or "-")] if with_pids else []
-            table.add_row(r.node_id, r.url, *pid, state,
-                          *("-" if v is None else str(v) for v in figures))  # fmt: skip
+            table.add_row(
+                r.node_id, r.url, *pid, state, *("-" if v is None else str(v) for v in figures)
+            )
         Console(width=120, highlight=False).print(table)
     down = [r for r in rows if not r.up]
     for r in down:
@@ -319,13 +349,29 @@ REF = ObjectRefParam()
 
 
 @cli.group()
-@click.option("--node", "url", envvar="DTWZ_NODE", show_envvar=True, default=None,
-              help="URL of any node of the cluster.  [default: a node of the local cluster in "
-                   f"$DTWZ_CLUSTER or {DEFAULT_CLUSTER_DIR}, else {DEFAULT_NODE_URL}]")  # fmt: skip
-@click.option("--timeout", type=click.FloatRange(0.1), default=10.0, show_default=True,
-              help="Seconds to wait for the node.")  # fmt: skip
-@click.option("--capability", "capabilities", multiple=True, envvar="DTWZ_CAPABILITY",
-              help="A capability to send with each request (repeat; `dtwz cap grant`).")
+@click.option(
+    "--node",
+    "url",
+    envvar="DTWZ_NODE",
+    show_envvar=True,
+    default=None,
+    help="URL of any node of the cluster.  [default: a node of the local cluster in "
+    f"$DTWZ_CLUSTER or {DEFAULT_CLUSTER_DIR}, else {DEFAULT_NODE_URL}]",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(0.1),
+    default=10.0,
+    show_default=True,
+    help="Seconds to wait for the node.",
+)
+@click.option(
+    "--capability",
+    "capabilities",
+    multiple=True,
+    envvar="DTWZ_CAPABILITY",
+    help="A capability to send with each request (repeat; `dtwz cap grant`).",
+)
 @click.pass_context
 def remote(
     ctx: click.Context, url: str | None, timeout: float, capabilities: tuple[str, ...]
@@ -372,8 +418,12 @@ pass_remote = click.make_pass_decorator(RemoteConfig)
 
 
 @remote.command("create")
-@click.option("--size", type=SIZE, default=DEFAULT_OBJECT_SIZE,
-              help="Maximum size, a power of two from 4K to 1G.  [default: 1M]")  # fmt: skip
+@click.option(
+    "--size",
+    type=SIZE,
+    default=DEFAULT_OBJECT_SIZE,
+    help="Maximum size, a power of two from 4K to 1G.  [default: 1M]",
+)
 @click.option("--immutable", is_flag=True, help="No writes after this creating transaction.")
 @click.option("--volatile", is_flag=True, help="Mark the object VOLATILE.")
 @click.option("--prot", type=PROT, default="rw", show_default=True, help="Default protections.")
@@ -444,8 +494,13 @@ def remote_put(
 @click.option("--length", type=OFFSET, help="How many bytes  [default: up to the data end]")
 @click.option("--latest", is_flag=True, help="Make sure the copy read is the home's newest.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write to a file.")
-@click.option("--encoding", type=click.Choice(["base64", "hex"]), default="base64",
-              show_default=True, help="How --json carries the bytes.")  # fmt: skip
+@click.option(
+    "--encoding",
+    type=click.Choice(["base64", "hex"]),
+    default="base64",
+    show_default=True,
+    help="How --json carries the bytes.",
+)
 @json_option
 @pass_remote
 def remote_get(
@@ -530,11 +585,18 @@ def remote_show(rc: RemoteConfig, oid: ObjectRef, latest: bool, as_json: bool) -
 @click.argument("source", type=REF)
 @click.argument("target", type=REF)
 @click.option("--at", type=OFFSET, help="Where in SOURCE to store the pointer  [default: append]")
-@click.option("--target-offset", type=OFFSET, default=DATA_START,
-              help="Where in TARGET the pointer leads.  [default: 0x1000]")  # fmt: skip
-@click.option("--late", is_flag=True,
-              help="Late binding: store the name TARGET (an FOT name entry), resolved at "
-                   "every dereference, so rebinding the name redirects the pointer.")  # fmt: skip
+@click.option(
+    "--target-offset",
+    type=OFFSET,
+    default=DATA_START,
+    help="Where in TARGET the pointer leads.  [default: 0x1000]",
+)
+@click.option(
+    "--late",
+    is_flag=True,
+    help="Late binding: store the name TARGET (an FOT name entry), resolved at "
+    "every dereference, so rebinding the name redirects the pointer.",
+)
 @json_option
 @pass_remote
 def remote_link(
@@ -567,10 +629,15 @@ def remote_link(
             word = client.write_pointer(source, at, target, target_offset)
     pointer = PersistentPointer.decode(word)
     doc = {
-        "object_id": str(source), "at": at, "pointer": str(pointer), "word": word,
-        "fot_index": pointer.fot_index, "target": str(target), "offset": target_offset,
+        "object_id": str(source),
+        "at": at,
+        "pointer": str(pointer),
+        "word": word,
+        "fot_index": pointer.fot_index,
+        "target": str(target),
+        "offset": target_offset,
         "late": late,
-    }  # fmt: skip
+    }
     rc.emit(as_json, doc, f"{pointer}  (stored at {at:#x}; leads to {target}:{target_offset:#x})")
 
 
@@ -591,8 +658,15 @@ def remote_deref(rc: RemoteConfig, oid: ObjectRef, at: int, as_json: bool) -> No
             raise type(exc)(f"the pointer at {at:#x} in {oid}: {exc}") from exc
         home = client.locate(target.object_id).home
     pointer = PersistentPointer.decode(word)
-    doc = {"object_id": str(oid), "at": at, "pointer": str(pointer), "word": word,
-           "target": str(target.object_id), "offset": offset, "home": home}  # fmt: skip
+    doc = {
+        "object_id": str(oid),
+        "at": at,
+        "pointer": str(pointer),
+        "word": word,
+        "target": str(target.object_id),
+        "offset": offset,
+        "home": home,
+    }
     rc.emit(as_json, doc, f"{target.object_id}:{offset:#x}  (pointer {pointer}, home {home})")
 
 
@@ -606,11 +680,19 @@ def remote_locate(rc: RemoteConfig, oid: ObjectRef, refresh: bool, as_json: bool
     with rc.client() as client:
         oid = client.resolve(oid)
         where = client.locate(oid, refresh=refresh)
-    doc = {"object_id": str(oid), "home": where.home, "version": where.version,
-           "epoch": where.epoch, "copies": list(where.copies)}  # fmt: skip
+    doc = {
+        "object_id": str(oid),
+        "home": where.home,
+        "version": where.version,
+        "epoch": where.epoch,
+        "copies": list(where.copies),
+    }
     copies = f", copies on {', '.join(where.copies)}" if where.copies else ""
-    rc.emit(as_json, doc, f"{oid}  home {where.home}, version {where.version}, "
-                          f"epoch {where.epoch}{copies}")  # fmt: skip
+    rc.emit(
+        as_json,
+        doc,
+        f"{oid}  home {where.home}, version {where.version}, epoch {where.epoch}{copies}",
+    )
 
 
 @remote.command("status")

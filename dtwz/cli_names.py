@@ -61,12 +61,20 @@ def remote_resolve(rc: RemoteConfig, ref: ObjectRef, nofollow: bool, as_json: bo
         else:
             oid = client.resolve(ref)
         where = client.locate(oid)
-    doc |= {"object_id": str(oid), "home": where.home, "version": where.version,
-            "epoch": where.epoch, "copies": list(where.copies)}  # fmt: skip
+    doc |= {
+        "object_id": str(oid),
+        "home": where.home,
+        "version": where.version,
+        "epoch": where.epoch,
+        "copies": list(where.copies),
+    }
     copies = f", copies on {', '.join(where.copies)}" if where.copies else ""
     kind = f" ({doc['kind']})" if doc.get("kind") == "directory" else ""
-    rc.emit(as_json, doc, f"{oid}{kind}  home {where.home}, version {where.version}, "
-                          f"epoch {where.epoch}{copies}")  # fmt: skip
+    rc.emit(
+        as_json,
+        doc,
+        f"{oid}{kind}  home {where.home}, version {where.version}, epoch {where.epoch}{copies}",
+    )
 
 
 @remote.command("ls")
@@ -84,8 +92,12 @@ def remote_ls(rc: RemoteConfig, path: str, as_json: bool) -> None:
 
 @remote.command("mkdir")
 @click.argument("path")
-@click.option("-p", "--parents", is_flag=True,
-              help="Make missing parents too; an existing directory is not an error.")  # fmt: skip
+@click.option(
+    "-p",
+    "--parents",
+    is_flag=True,
+    help="Make missing parents too; an existing directory is not an error.",
+)
 @click.option("--home", metavar="NODE_ID", help="Node to home it.  [default: its parent's home]")
 @json_option
 @pass_remote

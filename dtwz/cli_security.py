@@ -79,22 +79,32 @@ def _cap_text(doc: dict[str, Any]) -> str:
     left = doc["expires_in"]
     when = f"in {left} s" if left > 0 else f"EXPIRED {-left} s ago"
     gate = "whole object" if doc["gate"] is None else f"[{doc['gate'][0]:#x}, +{doc['gate'][1]})"
-    return (f"target {doc['target']}\naccessor {doc['accessor']}\nissuer {doc['issuer']}\n"
-            f"rights {doc['rights']}  expires {time.ctime(doc['expiry'])} ({when})\n"
-            f"gate {gate}  links {doc['links']}")  # fmt: skip
+    return (
+        f"target {doc['target']}\naccessor {doc['accessor']}\nissuer {doc['issuer']}\n"
+        f"rights {doc['rights']}  expires {time.ctime(doc['expiry'])} ({when})\n"
+        f"gate {gate}  links {doc['links']}"
+    )
 
 
 _identity_option = click.option(
-    "--identity", "identity_file", type=click.Path(dir_okay=False, path_type=Path),
-    default=None, help="Identity file that signs.  [default: $DTWZ_IDENTITY, else the local "
-    "cluster's admin]")  # fmt: skip
+    "--identity",
+    "identity_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Identity file that signs.  [default: $DTWZ_IDENTITY, else the local cluster's admin]",
+)
 _grant_options = [
     click.option("--to", "accessor", required=True, help="kuid of the identity it is for."),
     click.option("--rights", required=True, help="Letters from rwxd (d: may delegate)."),
-    click.option("--expires", type=click.IntRange(1), default=3600, show_default=True,
-                 help="Seconds from now until it expires (revoke = let it expire)."),
+    click.option(
+        "--expires",
+        type=click.IntRange(1),
+        default=3600,
+        show_default=True,
+        help="Seconds from now until it expires (revoke = let it expire).",
+    ),
     click.option("--gate", default=None, help="Only bytes OFFSET:LENGTH of the target."),
-]  # fmt: skip
+]
 
 
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -117,8 +127,13 @@ def keys() -> None:
 
 
 @keys.command("init")
-@click.option("--keys-dir", type=click.Path(file_okay=False, path_type=Path), required=True,
-              envvar="DTWZ_KEYS_DIR", help="The cluster's keys folder.")  # fmt: skip
+@click.option(
+    "--keys-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    envvar="DTWZ_KEYS_DIR",
+    help="The cluster's keys folder.",
+)
 @click.option("--node-id", "node_ids", multiple=True, help="Admit this node (repeat).")
 @json_option
 @pass_config
@@ -128,8 +143,11 @@ def keys_init(cfg: CliConfig, keys_dir: Path, node_ids: tuple[str, ...], as_json
     from dtwz.node.peer import curve_keypair  # the one module that imports zmq
 
     admitted = ensure_keys(keys_dir, node_ids, curve_keypair)
-    doc = {"keys_dir": str(keys_dir), "admin": admitted.admin.hex(),
-           "nodes": sorted(admitted.curve_clients)}  # fmt: skip
+    doc = {
+        "keys_dir": str(keys_dir),
+        "admin": admitted.admin.hex(),
+        "nodes": sorted(admitted.curve_clients),
+    }
     cfg.emit(as_json, doc, f"admin {admitted.admin}\nnodes {' '.join(doc['nodes']) or '-'}")
 
 
@@ -147,8 +165,11 @@ def identity_new(cfg: CliConfig, path: Path, label: str, as_json: bool) -> None:
     """Make a new identity file at PATH (mode 0600); prints its kuid."""
     made = Identity.generate(label)
     made.save(path)
-    cfg.emit(as_json, {"path": str(path), "kuid": made.kuid.hex(), "label": label},
-             f"{made.kuid}  {path}")  # fmt: skip
+    cfg.emit(
+        as_json,
+        {"path": str(path), "kuid": made.kuid.hex(), "label": label},
+        f"{made.kuid}  {path}",
+    )
 
 
 @identity.command("show")
@@ -159,8 +180,9 @@ def identity_show(cfg: CliConfig, path: Path | None, as_json: bool) -> None:
     """The kuid, public key and label of an identity (default: the one clients use)."""
     who = _identity(path)
     doc = {"kuid": who.kuid.hex(), "public_key": who.public_key.raw.hex(), "label": who.label}
-    cfg.emit(as_json, doc, f"kuid {doc['kuid']}\npublic key {doc['public_key']}\n"
-                           f"label {who.label!r}")  # fmt: skip
+    cfg.emit(
+        as_json, doc, f"kuid {doc['kuid']}\npublic key {doc['public_key']}\nlabel {who.label!r}"
+    )
 
 
 @cli.group()
@@ -174,12 +196,26 @@ def cap() -> None:
 @_identity_option
 @json_option
 @pass_config
-def cap_grant(cfg: CliConfig, target: str, accessor: str, rights: str, expires: int,
-              gate: str | None, identity_file: Path | None, as_json: bool) -> None:  # fmt: skip
+def cap_grant(
+    cfg: CliConfig,
+    target: str,
+    accessor: str,
+    rights: str,
+    expires: int,
+    gate: str | None,
+    identity_file: Path | None,
+    as_json: bool,
+) -> None:
     """Grant rights on TARGET (an object ID) to --to, signed by TARGET's owner."""
     owner = _identity(identity_file)
-    made = grant(owner, _oid(target, "target"), _oid(accessor, "--to"), Rights.parse(rights),
-                 int(time.time()) + expires, _gate(gate))  # fmt: skip
+    made = grant(
+        owner,
+        _oid(target, "target"),
+        _oid(accessor, "--to"),
+        Rights.parse(rights),
+        int(time.time()) + expires,
+        _gate(gate),
+    )
     text = encode_capability_header(made)
     cfg.emit(as_json, {"capability": text, **_cap_doc(made, time.time())}, text)
 
@@ -190,13 +226,27 @@ def cap_grant(cfg: CliConfig, target: str, accessor: str, rights: str, expires: 
 @_identity_option
 @json_option
 @pass_config
-def cap_delegate(cfg: CliConfig, capability: str, accessor: str, rights: str, expires: int,
-                 gate: str | None, identity_file: Path | None, as_json: bool) -> None:  # fmt: skip
+def cap_delegate(
+    cfg: CliConfig,
+    capability: str,
+    accessor: str,
+    rights: str,
+    expires: int,
+    gate: str | None,
+    identity_file: Path | None,
+    as_json: bool,
+) -> None:
     """Pass on a narrower part of CAPABILITY (which must carry d) to --to."""
     parent = decode_capability_header(capability)
     expiry = min(parent.expiry, int(time.time()) + expires)
-    made = delegate(_identity(identity_file), parent, _oid(accessor, "--to"),
-                    Rights.parse(rights), expiry, _gate(gate))  # fmt: skip
+    made = delegate(
+        _identity(identity_file),
+        parent,
+        _oid(accessor, "--to"),
+        Rights.parse(rights),
+        expiry,
+        _gate(gate),
+    )
     text = encode_capability_header(made)
     cfg.emit(as_json, {"capability": text, **_cap_doc(made, time.time())}, text)
 
@@ -217,8 +267,13 @@ def cap_show(cfg: CliConfig, capability: str, as_json: bool) -> None:
 @cap.command("verify")
 @click.argument("capability")
 @click.option("--rights", default=None, help="Rights to check for.  [default: all it grants]")
-@click.option("--node", "url", envvar="DTWZ_NODE", default=None,
-              help="URL of any node.  [default: a node of the local cluster]")  # fmt: skip
+@click.option(
+    "--node",
+    "url",
+    envvar="DTWZ_NODE",
+    default=None,
+    help="URL of any node.  [default: a node of the local cluster]",
+)
 @json_option
 @pass_config
 def cap_verify(
@@ -238,10 +293,21 @@ def cap_verify(
             data = client.read(kuid, DATA_START)
             return check_key_object(kuid, data).public_key
 
-        verify(parsed, target=parsed.target, accessor_kuid=parsed.accessor,
-               rights_needed=needed, offset=parsed.gate.offset if parsed.gate else None,
-               length=parsed.gate.length if parsed.gate else None, now=int(time.time()),
-               owner_kuid_of_target=owner, key_lookup=lookup)  # fmt: skip
+        verify(
+            parsed,
+            target=parsed.target,
+            accessor_kuid=parsed.accessor,
+            rights_needed=needed,
+            offset=parsed.gate.offset if parsed.gate else None,
+            length=parsed.gate.length if parsed.gate else None,
+            now=int(time.time()),
+            owner_kuid_of_target=owner,
+            key_lookup=lookup,
+        )
     doc = {"valid": True, **_cap_doc(parsed, time.time())}
-    rc.emit(as_json, doc, f"valid: {parsed.rights.names} on {parsed.target} for "
-                          f"{parsed.accessor}, {doc['expires_in']} s left")  # fmt: skip
+    rc.emit(
+        as_json,
+        doc,
+        f"valid: {parsed.rights.names} on {parsed.target} for "
+        f"{parsed.accessor}, {doc['expires_in']} s left",
+    )

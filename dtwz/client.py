@@ -303,9 +303,14 @@ class Client:
         if self.identity is None:
             raise InvalidArgument("this client has no identity")
         # signed, not in a session: a session is opened by a key the cluster knows
-        response = self._call("POST", "/keys", None, self.identity.record.encode(),
-                              headers={"X-Dtwz-Txn": os.urandom(16).hex()},
-                              session=False)  # fmt: skip
+        response = self._call(
+            "POST",
+            "/keys",
+            None,
+            self.identity.record.encode(),
+            headers={"X-Dtwz-Txn": os.urandom(16).hex()},
+            session=False,
+        )
         self._key_stored = True
         return response.status == 201
 
@@ -320,11 +325,13 @@ class Client:
         digest = body_sha256(body or b"")
         opened = self._open_session(now) if session else None
         if opened is not None:
-            headers = mac_request(opened[0], opened[1], method, target, digest, now,
-                                  audience=self._audience)  # fmt: skip
+            headers = mac_request(
+                opened[0], opened[1], method, target, digest, now, audience=self._audience
+            )
         else:
-            headers = sign_request(self.identity, method, target, digest, now,
-                                   audience=self._audience)  # fmt: skip
+            headers = sign_request(
+                self.identity, method, target, digest, now, audience=self._audience
+            )
         if self._capabilities:
             headers[CAPABILITY_HEADER] = ",".join(self._capabilities.values())
         return headers
@@ -351,8 +358,9 @@ class Client:
             except (KeyError, ValueError, DtwzError) as exc:
                 raise ProtocolError(f"{self.url} answered a session request badly: {exc}") from exc
             assert self._audience is not None
-            key = session_key(shared, session_id, self.identity.kuid, public, node_public,
-                              self._audience)  # fmt: skip
+            key = session_key(
+                shared, session_id, self.identity.kuid, public, node_public, self._audience
+            )
             self._session = (session_id, key, expires)
             return self._session
 
@@ -392,9 +400,12 @@ class Client:
         oid = self.resolve(oid)
         doc = self._call("GET", f"/locate/{oid.hex()}", {"refresh": _bit(refresh)}).json()
         return ObjectLocation(
-            oid, str(doc["home"]), int(doc["version"]), int(doc["epoch"]),
+            oid,
+            str(doc["home"]),
+            int(doc["version"]),
+            int(doc["epoch"]),
             tuple(doc.get("copies", ())),
-        )  # fmt: skip
+        )
 
     def info(self, oid: ObjectRef, *, latest: bool = False) -> dict[str, Any]:
         """Header fields, FOT entries and home of an object (the node's JSON)."""
@@ -676,24 +687,36 @@ class Client:
     # -- the object graph (dtwz.graph.remote) -------------------------------------------
 
     def walk(
-        self, root: ObjectRef, *, depth: int | None = None, budget: int | None = None,
+        self,
+        root: ObjectRef,
+        *,
+        depth: int | None = None,
+        budget: int | None = None,
         uses: bool = True,
-    ) -> nx.DiGraph[str]:  # fmt: skip
+    ) -> nx.DiGraph[str]:
         """The graph reachable from ``root`` (docs/GRAPH.md), walked by the nodes that
         hold it."""
         return remote.walk(self, root, depth=depth, budget=budget, uses=uses)
 
     def graph_view(
-        self, root: ObjectRef, fmt: str = "html", *, depth: int | None = None,
+        self,
+        root: ObjectRef,
+        fmt: str = "html",
+        *,
+        depth: int | None = None,
         budget: int | None = None,
-    ) -> str:  # fmt: skip
+    ) -> str:
         """The graph of ``root`` drawn by the node: html, svg, dot or json."""
         return remote.view(self, root, fmt, depth=depth, budget=budget)
 
     def graph_link(
-        self, root: ObjectRef, fmt: str = "html", *, depth: int | None = None,
+        self,
+        root: ObjectRef,
+        fmt: str = "html",
+        *,
+        depth: int | None = None,
         budget: int | None = None,
-    ) -> str:  # fmt: skip
+    ) -> str:
         """A URL of the node's drawing of ``root`` that a browser can open: signed by
         this client's identity, good once, within the node's time window (60 s)."""
         query: dict[str, Any] = {"root": self.resolve(root).hex(), "format": fmt}
@@ -703,12 +726,18 @@ class Client:
         return f"{self.url}{target}&{signature}" if signature else f"{self.url}{target}"
 
     def prefetch(
-        self, root: ObjectRef, *, depth: int | None = None, budget: int | None = None,
-        to_client: bool = True, progress: remote.Progress | None = None,
-    ) -> remote.PrefetchResult:  # fmt: skip
+        self,
+        root: ObjectRef,
+        *,
+        depth: int | None = None,
+        budget: int | None = None,
+        to_client: bool = True,
+        progress: remote.Progress | None = None,
+    ) -> remote.PrefetchResult:
         """Bring everything reachable from ``root`` to the node (and this client)."""
-        return remote.prefetch(self, root, depth=depth, budget=budget, to_client=to_client,
-                               progress=progress)  # fmt: skip
+        return remote.prefetch(
+            self, root, depth=depth, budget=budget, to_client=to_client, progress=progress
+        )
 
     def migrate(
         self, objects: Sequence[ObjectRef], to_node: str, *, reachable: bool = False
@@ -718,24 +747,37 @@ class Client:
         return remote.migrate(self, objects, to_node, reachable=reachable)
 
     def colocate(
-        self, root: ObjectRef, *, depth: int | None = None, budget: int | None = None,
-        capacity: int | None = None, dry_run: bool = False,
-    ) -> dict[str, Any]:  # fmt: skip
+        self,
+        root: ObjectRef,
+        *,
+        depth: int | None = None,
+        budget: int | None = None,
+        capacity: int | None = None,
+        dry_run: bool = False,
+    ) -> dict[str, Any]:
         """Re-home the objects reachable from ``root`` so that fewer pointers cross nodes."""
-        return remote.colocate(self, root, depth=depth, budget=budget, capacity=capacity,
-                               dry_run=dry_run)  # fmt: skip
+        return remote.colocate(
+            self, root, depth=depth, budget=budget, capacity=capacity, dry_run=dry_run
+        )
 
     def put_code(
-        self, function: Callable[..., Any] | str, entry: str | None = None, *,
+        self,
+        function: Callable[..., Any] | str,
+        entry: str | None = None,
+        *,
         node: str | None = None,
-    ) -> ObjectId:  # fmt: skip
+    ) -> ObjectId:
         """Store a function as a code object (see ``run``)."""
         return remote.put_code(self, function, entry, node=node)
 
     def run(
-        self, code: ObjectRef, root: ObjectRef, *args: Any, where: str = "auto",
+        self,
+        code: ObjectRef,
+        root: ObjectRef,
+        *args: Any,
+        where: str = "auto",
         timeout: float = 60.0,
-    ) -> dict[str, Any]:  # fmt: skip
+    ) -> dict[str, Any]:
         """Run a code object's function ``fn(api, root, *args)`` where fewer bytes move;
         the report holds ``result``, ``ran_at``, ``choice`` and the byte estimates."""
         return remote.run(self, code, root, *args, where=where, timeout=timeout)
@@ -770,9 +812,11 @@ class Client:
         session_retry = sign and session and self.identity is not None
         while True:
             # signed afresh for every attempt: a node refuses a nonce it has seen
-            all_headers = {**base_headers,
-                           **self._auth_headers(method, target, body, session=session)} \
-                if sign else base_headers  # fmt: skip
+            all_headers = (
+                {**base_headers, **self._auth_headers(method, target, body, session=session)}
+                if sign
+                else base_headers
+            )
             conn, reused = self._pool.take()
             _set_timeout(conn, timeout or self.timeout)
             try:
@@ -815,8 +859,7 @@ class Client:
         self, method: str, path: str, doc: Any, *, timeout: float | None = None
     ) -> Any:
         headers = {"X-Dtwz-Txn": os.urandom(16).hex(), "Content-Type": "application/json"}
-        return self._call(method, path, None, _json(doc), headers=headers,
-                          timeout=timeout).json()  # fmt: skip
+        return self._call(method, path, None, _json(doc), headers=headers, timeout=timeout).json()
 
     def _stream(
         self, method: str, path: str, query: Mapping[str, Any]

@@ -95,18 +95,26 @@ class NodeSpec:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "node_id": self.node_id, "pid": self.pid, "url": self.url, "peer": self.peer_addr,
-            "http_port": self.http_port, "peer_port": self.peer_port,
-            "data_dir": str(self.data_dir), "log": str(self.log_path),
-        }  # fmt: skip
+            "node_id": self.node_id,
+            "pid": self.pid,
+            "url": self.url,
+            "peer": self.peer_addr,
+            "http_port": self.http_port,
+            "peer_port": self.peer_port,
+            "data_dir": str(self.data_dir),
+            "log": str(self.log_path),
+        }
 
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> NodeSpec:
         pid = doc.get("pid")
         return cls(
-            str(doc["node_id"]), int(doc["http_port"]), int(doc["peer_port"]),
-            Path(doc["data_dir"]), int(pid) if pid else None,
-        )  # fmt: skip
+            str(doc["node_id"]),
+            int(doc["http_port"]),
+            int(doc["peer_port"]),
+            Path(doc["data_dir"]),
+            int(pid) if pid else None,
+        )
 
 
 @dataclass
@@ -191,8 +199,11 @@ class LocalCluster:
         return cls(data_dir.absolute(), nodes, node_args)
 
     def save(self) -> None:
-        doc = {"seeds": self.seeds, "node_args": self.node_args,
-               "nodes": [n.to_json() for n in self.nodes]}  # fmt: skip
+        doc = {
+            "seeds": self.seeds,
+            "node_args": self.node_args,
+            "nodes": [n.to_json() for n in self.nodes],
+        }
         self.data_dir.mkdir(parents=True, exist_ok=True)
         tmp = self.file.with_suffix(".tmp")
         tmp.write_text(json.dumps(doc, indent=2) + "\n")
@@ -267,12 +278,27 @@ class LocalCluster:
     def _spawn(self, spec: NodeSpec) -> int:
         spec.data_dir.mkdir(parents=True, exist_ok=True)
         argv = [
-            sys.executable, "-m", "dtwz", "node", "run",
-            "--node-id", spec.node_id, "--data-dir", str(spec.data_dir),
-            "--bind-host", HOST, "--peer-port", str(spec.peer_port),
-            "--http-port", str(spec.http_port), "--seeds", ",".join(self.seeds),
-            "--keys-dir", str(self.keys_dir), *self.node_args,
-        ]  # fmt: skip
+            sys.executable,
+            "-m",
+            "dtwz",
+            "node",
+            "run",
+            "--node-id",
+            spec.node_id,
+            "--data-dir",
+            str(spec.data_dir),
+            "--bind-host",
+            HOST,
+            "--peer-port",
+            str(spec.peer_port),
+            "--http-port",
+            str(spec.http_port),
+            "--seeds",
+            ",".join(self.seeds),
+            "--keys-dir",
+            str(self.keys_dir),
+            *self.node_args,
+        ]
         with spec.log_path.open("ab") as log:
             log.write(f"--- dtwz cluster: starting {spec.node_id} at {time.ctime()}\n".encode())
             log.flush()
@@ -350,8 +376,9 @@ class LocalCluster:
             if not pending:
                 return
             if time.monotonic() >= deadline:
-                raise ClusterError(f"cluster in {self.data_dir} not ready after {timeout:g}s: "
-                                   f"{pending}")  # fmt: skip
+                raise ClusterError(
+                    f"cluster in {self.data_dir} not ready after {timeout:g}s: {pending}"
+                )
             time.sleep(_POLL * 2)
 
     def _not_ready(self, expected: set[str]) -> str:
@@ -368,8 +395,9 @@ class LocalCluster:
                     return f"node {spec.node_id}: {exc}"
             alive = {m["node_id"] for m in doc.get("members", ()) if m.get("state") == "alive"}
             if alive != expected:
-                return (f"node {spec.node_id} sees {sorted(alive)} alive, "
-                        f"expected {sorted(expected)}")  # fmt: skip
+                return (
+                    f"node {spec.node_id} sees {sorted(alive)} alive, expected {sorted(expected)}"
+                )
         return ""
 
 
@@ -423,8 +451,7 @@ def down(data_dir: Path, *, timeout: float = STOP_TIMEOUT) -> list[str]:
 def status(data_dir: Path, *, timeout: float = 2.0) -> list[NodeStatus]:
     """Per node of the cluster in ``data_dir``: running, members seen, objects, cache."""
     cluster = LocalCluster.load(data_dir)
-    pids = {n.node_id: n.pid if n.pid and _alive(n.pid, n.node_id) else None
-            for n in cluster.nodes}  # fmt: skip
+    pids = {n.node_id: n.pid if n.pid and _alive(n.pid, n.node_id) else None for n in cluster.nodes}
     rows = survey(cluster.urls, timeout=timeout)
     for row in rows:
         row.pid = pids.get(row.node_id)

@@ -170,8 +170,21 @@ class ObjectHeader(NamedTuple):
             raise CorruptObject("bad header magic")
         if zlib.crc32(body) != crc:
             raise CorruptObject("header checksum mismatch")
-        (_, fmt, flags, prot, log2, reserved, nonce, kuid, oid, data_len, version, fot_count,
-         reserved2) = _HEADER.unpack(body)  # fmt: skip
+        (
+            _,
+            fmt,
+            flags,
+            prot,
+            log2,
+            reserved,
+            nonce,
+            kuid,
+            oid,
+            data_len,
+            version,
+            fot_count,
+            reserved2,
+        ) = _HEADER.unpack(body)
         if fmt != FORMAT_VERSION:
             raise CorruptObject(f"unknown object format version {fmt}")
         if flags & ~_KNOWN_OBJECT_FLAGS or prot & ~_KNOWN_PROT or reserved or reserved2:

@@ -84,11 +84,15 @@ def name_the_list(clients: dict[str, Client], head: ObjectId, objects: list[Obje
     before = reader.follow(holder, 0x1000)[0].object_id
     first.bind("/demo/latest", objects[0], replace=True)
     after = reader.follow(holder, 0x1000)[0].object_id
-    console.print(f"names bound through {sorted(clients)[0]}: /demo/list/head, "
-                  f"/demo/list/items/0..{len(objects) - 1}, /demo/latest")  # fmt: skip
-    console.print(f"a late-bound pointer to /demo/latest, followed through {sorted(clients)[-1]}: "
-                  f"item {objects.index(before)}, then after rebinding item "
-                  f"{objects.index(after)}")  # fmt: skip
+    console.print(
+        f"names bound through {sorted(clients)[0]}: /demo/list/head, "
+        f"/demo/list/items/0..{len(objects) - 1}, /demo/latest"
+    )
+    console.print(
+        f"a late-bound pointer to /demo/latest, followed through {sorted(clients)[-1]}: "
+        f"item {objects.index(before)}, then after rebinding item "
+        f"{objects.index(after)}"
+    )
 
 
 def walk(client: Client, head: ObjectId | str) -> list[tuple[int, str, str]]:
@@ -118,8 +122,14 @@ def show_status(client: Client, cluster: LocalCluster) -> None:
         status = cluster.client(node_id).cluster_status()
         alive = sum(m["state"] == "alive" for m in status["members"])
         cache = status["cache"]
-        table.add_row(node_id, str(alive), str(status.get("objects", "?")),
-                      str(status["copies"]), str(cache["hits"]), str(cache["misses"]))  # fmt: skip
+        table.add_row(
+            node_id,
+            str(alive),
+            str(status.get("objects", "?")),
+            str(status["copies"]),
+            str(cache["hits"]),
+            str(cache["misses"]),
+        )
     console.print(table)
 
 
@@ -140,19 +150,27 @@ def graph_demo(client: Client, head: ObjectId, data: Path) -> None:
     console.print(render.tree(graph))
     page = data / "demo-graph.html"
     page.write_text(render.to_html(graph, title="dtwz demo list"), "utf-8")
-    console.print(f"{graph.number_of_nodes()} objects, {model.cross_edges(graph)} pointers "
-                  f"cross nodes; interactive drawing: {page}")  # fmt: skip
+    console.print(
+        f"{graph.number_of_nodes()} objects, {model.cross_edges(graph)} pointers "
+        f"cross nodes; interactive drawing: {page}"
+    )
     code = client.put_code(sum_numbers)
     ran = client.run(code, head)
-    console.print(f"sum_numbers(list) = {ran['result']}: ran on {ran['ran_at']} "
-                  f"({ran['choice']}; bytes each site would move: {ran['estimates']})")  # fmt: skip
+    console.print(
+        f"sum_numbers(list) = {ran['result']}: ran on {ran['ran_at']} "
+        f"({ran['choice']}; bytes each site would move: {ran['estimates']})"
+    )
     plan = client.colocate(head)
-    console.print(f"co-located: moved {len(plan['moves'])} objects, cross-node pointers "
-                  f"{plan['cross_before']} -> {plan['cross_after']}")  # fmt: skip
+    console.print(
+        f"co-located: moved {len(plan['moves'])} objects, cross-node pointers "
+        f"{plan['cross_before']} -> {plan['cross_after']}"
+    )
     ran = client.run(code, head)
     moved = ran["bytes_moved_estimate"]
-    console.print(f"sum_numbers(list) = {ran['result']}: now ran on {ran['ran_at']} "
-                  f"({ran['choice']}, estimated {moved} bytes moved)")  # fmt: skip
+    console.print(
+        f"sum_numbers(list) = {ran['result']}: now ran on {ran['ran_at']} "
+        f"({ran['choice']}, estimated {moved} bytes moved)"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -167,28 +185,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     cluster = up(NODES, args.data)
     try:
-        console.print(f"{NODES} nodes ready in {time.perf_counter() - started:.1f} s: "
-                      + ", ".join(f"{n} {u}" for n, u in cluster.urls.items()))  # fmt: skip
+        console.print(
+            f"{NODES} nodes ready in {time.perf_counter() - started:.1f} s: "
+            + ", ".join(f"{n} {u}" for n, u in cluster.urls.items())
+        )
         clients = {n: cluster.client(n) for n in cluster.node_ids}
 
         console.rule("1. A linked list whose items live on different nodes")
         head, objects = build_list(clients)
-        console.print(f"created {len(objects)} objects round-robin on {', '.join(clients)}; "
-                      f"head {head.hex()}")  # fmt: skip
+        console.print(
+            f"created {len(objects)} objects round-robin on {', '.join(clients)}; head {head.hex()}"
+        )
         name_the_list(clients, head, objects)
 
         reader_id = cluster.node_ids[-1]
         reader = cluster.client(reader_id)
         console.rule(f"2. Following the pointers from a client of {reader_id}")
         t0 = time.perf_counter()
-        console.print(f"{reader_id} resolves /demo/list/head -> "
-                      f"{reader.resolve('/demo/list/head').hex()}")  # fmt: skip
+        console.print(
+            f"{reader_id} resolves /demo/list/head -> {reader.resolve('/demo/list/head').hex()}"
+        )
         items = walk(reader, "/demo/list/head")
         elapsed = (time.perf_counter() - t0) * 1000
         for number, label, oid in items:
             console.print(f"  {number}: {label:<18} object {oid[:12]}…")
-        console.print(f"walked {len(items)} items across {NODES} nodes in {elapsed:.1f} ms "
-                      f"(objects fetched on demand); again from the client's copies:")  # fmt: skip
+        console.print(
+            f"walked {len(items)} items across {NODES} nodes in {elapsed:.1f} ms "
+            f"(objects fetched on demand); again from the client's copies:"
+        )
         t0 = time.perf_counter()
         walk(reader, head)
         console.print(f"  {1000 * (time.perf_counter() - t0):.2f} ms")

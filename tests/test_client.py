@@ -246,9 +246,13 @@ class _ForgingNode(http.server.BaseHTTPRequestHandler):
         header = new_header(b"\x01" * 16, bytes(16), 0, 3, 8192)
         body = header.encode().ljust(HEADER_RECORD_SIZE, b"\0")
         self.send_response(200)
-        for name, value in (("X-Dtwz-Version", "0"), ("X-Dtwz-Home", "evil"),
-                            ("X-Dtwz-Data-Len", "0"), ("X-Dtwz-Fot-Len", "0"),
-                            ("Content-Length", str(len(body)))):  # fmt: skip
+        for name, value in (
+            ("X-Dtwz-Version", "0"),
+            ("X-Dtwz-Home", "evil"),
+            ("X-Dtwz-Data-Len", "0"),
+            ("X-Dtwz-Fot-Len", "0"),
+            ("Content-Length", str(len(body))),
+        ):
             self.send_header(name, value)
         self.end_headers()
         self.wfile.write(body)

@@ -147,8 +147,17 @@ def test_node_run_takes_file_env_and_flags_and_exits_cleanly_on_sigterm(tmp_path
     config = tmp_path / "node.toml"
     config.write_text(f'node_id = "from-file"\nhttp_port = {http_port}\npeer_port = 1\n')
     env = {**os.environ, "DTWZ_PEER_PORT": str(peer_port), "DTWZ_DIRECTORY_COPIES": "1"}
-    argv = [_console_script(), "node", "run", "--config", str(config),
-            "--data-dir", str(tmp_path / "node"), "--node-id", "solo"]  # fmt: skip
+    argv = [
+        _console_script(),
+        "node",
+        "run",
+        "--config",
+        str(config),
+        "--data-dir",
+        str(tmp_path / "node"),
+        "--node-id",
+        "solo",
+    ]
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         # a node on its own makes its keys and admin; any identity may sign (its key
@@ -214,10 +223,20 @@ def test_node_run_on_a_busy_port_is_one_error_line(tmp_path: Path) -> None:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         taken_port = str(busy.getsockname()[1])
-        for taken in (["--peer-port", taken_port, "--http-port", str(http_port)],
-                      ["--http-port", taken_port, "--peer-port", str(peer_port)]):  # fmt: skip
-            result = run("node", "run", "--node-id", "busy", "--data-dir",
-                         str(tmp_path / "n"), *taken, timeout=30)  # fmt: skip
+        for taken in (
+            ["--peer-port", taken_port, "--http-port", str(http_port)],
+            ["--http-port", taken_port, "--peer-port", str(peer_port)],
+        ):
+            result = run(
+                "node",
+                "run",
+                "--node-id",
+                "busy",
+                "--data-dir",
+                str(tmp_path / "n"),
+                *taken,
+                timeout=30,
+            )
             assert result.returncode == 1
             assert "in use" in error_line(result.stderr)
 
@@ -254,8 +273,11 @@ def test_remote_create_put_get_show_across_nodes(cluster3: LocalCluster) -> None
 
     shown = ok_json(cluster3, "n3", "show", oid)
     assert (shown["home"], shown["size"], shown["data_len"], shown["version"]) == (
-        "n2", 64 << 10, 14, 3,
-    )  # fmt: skip
+        "n2",
+        64 << 10,
+        14,
+        3,
+    )
     text = ok(cluster3, "n1", "show", oid).stdout
     assert "home       n2" in text and "version    3" in text
 
@@ -272,8 +294,9 @@ def test_remote_link_and_deref_follow_a_pointer_between_nodes(cluster3: LocalClu
     deref = ok_json(cluster3, "n2", "deref", source, "--at", hex(link["at"]))
     assert (deref["target"], deref["offset"], deref["home"]) == (target, 0x1002, "n3")
     shown = ok_json(cluster3, "n3", "show", source)
-    assert shown["fot"] == [{"index": 1, "flags": ["VALID", "READ", "WRITE"], "kind": "ID",
-                             "target": target}]  # fmt: skip
+    assert shown["fot"] == [
+        {"index": 1, "flags": ["VALID", "READ", "WRITE"], "kind": "ID", "target": target}
+    ]
 
 
 def test_remote_status_shows_every_member(cluster3: LocalCluster) -> None:

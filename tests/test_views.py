@@ -86,9 +86,15 @@ def test_write_in_transaction_read_outside(store: Store) -> None:
     assert bytes(ro.tag) == b"hi\0\0\0"
     assert ro.any is None
     assert ro.as_dict() == {
-        "a": 255, "b": 2**32 - 1, "c": 7, "d": 2**64 - 1, "e": -5, "f": 1.5,
-        "tag": b"hi\0\0\0", "any": 0,
-    }  # fmt: skip
+        "a": 255,
+        "b": 2**32 - 1,
+        "c": 7,
+        "d": 2**64 - 1,
+        "e": -5,
+        "f": 1.5,
+        "tag": b"hi\0\0\0",
+        "any": 0,
+    }
     raw = bytes(store.read(oid, at, ViewsMixed.SIZE))
     assert struct.unpack_from("<B3xIH6xQqd", raw) == (255, 2**32 - 1, 7, 2**64 - 1, -5, 1.5)
 

@@ -158,9 +158,20 @@ class GraphAgent:
             count += 1
             if not summary:
                 copies = sorted(service.holders.get(oid, ()))
-                objects.append(GraphObject(oid, me, header.max_size, header.data_len,
-                                           header.fot_count, header.version, int(header.flags),
-                                           depth, copies, head == DIRECTORY_MAGIC))  # fmt: skip
+                objects.append(
+                    GraphObject(
+                        oid,
+                        me,
+                        header.max_size,
+                        header.data_len,
+                        header.fot_count,
+                        header.version,
+                        int(header.flags),
+                        depth,
+                        copies,
+                        head == DIRECTORY_MAGIC,
+                    )
+                )
             end = len(fot)
             for index in range(1, header.fot_count + 1):
                 at = end - FOT_ENTRY_SIZE * index
@@ -314,8 +325,13 @@ class GraphAgent:
         while frontier:
             starts: dict[str, list[WalkStart]] = defaultdict(list)
             unknown = [o for o in frontier if o not in known]
-            located = dict(zip(unknown, await asyncio.gather(
-                *(self._home(o, refresh=o in stale) for o in unknown)), strict=True))  # fmt: skip
+            located = dict(
+                zip(
+                    unknown,
+                    await asyncio.gather(*(self._home(o, refresh=o in stale) for o in unknown)),
+                    strict=True,
+                )
+            )
             for oid, d in frontier.items():
                 where = known.pop(oid, None) or located[oid]
                 if isinstance(where, str):
@@ -355,8 +371,7 @@ class GraphAgent:
             except StaleLocation:  # moved meanwhile: ask the directory again
                 if attempt == 2:
                     raise
-                home = (await self.cluster.locate(message.starts[0].object_id,
-                                                  refresh=True)).home  # fmt: skip
+                home = (await self.cluster.locate(message.starts[0].object_id, refresh=True)).home
                 continue
             if not isinstance(reply, GraphPart):
                 raise ClusterError(f"node {home} answered a walk with {reply!r}")
@@ -390,10 +405,12 @@ class GraphAgent:
         for oid in dict.fromkeys(oids):
             by_home[(await self.cluster.locate(oid)).home].append(oid)
         txn_id = txn_id or os.urandom(16)
-        replies = await asyncio.gather(*(  # one transaction ID per home: one move each
-            self._migrate_from(home, Migrate(_per_home(txn_id, home), ids, to_node))
-            for home, ids in sorted(by_home.items())
-        ))  # fmt: skip
+        replies = await asyncio.gather(
+            *(  # one transaction ID per home: one move each
+                self._migrate_from(home, Migrate(_per_home(txn_id, home), ids, to_node))
+                for home, ids in sorted(by_home.items())
+            )
+        )
         return list(replies)
 
     async def _migrate_from(self, home: str, message: Migrate) -> Migrated:
@@ -418,8 +435,7 @@ class GraphAgent:
         nodes (``placement.plan_colocation``), and carry the plan out."""
         graph = await self.walk(root, depth=depth, budget=budget, uses=True)
         pinned = [n for n, a in graph.nodes(data=True) if a.get("directory")]
-        plan = plan_colocation(graph, self.cluster.alive_ids(), capacity=capacity,
-                               pinned=pinned)  # fmt: skip
+        plan = plan_colocation(graph, self.cluster.alive_ids(), capacity=capacity, pinned=pinned)
         done: list[Migrated] = []
         if not dry_run:
             for (_, target), keys in group_moves(plan, graph).items():
@@ -438,8 +454,9 @@ class GraphAgent:
     ) -> tuple[nx.DiGraph[str], dict[str, int]]:
         """Bring the reachable set of ``root`` here as copies; the graph and counts."""
         graph = await self.walk(root, depth=depth, budget=budget, uses=False)
-        stats = await self.fetch_objects(_wanted(graph, self.cluster.node_id, self.service),
-                                         progress)  # fmt: skip
+        stats = await self.fetch_objects(
+            _wanted(graph, self.cluster.node_id, self.service), progress
+        )
         stats["objects"] = sum(1 for _, a in graph.nodes(data=True) if a["kind"] == "object")
         self.stats["prefetches"] += 1
         return graph, stats
@@ -463,8 +480,9 @@ class GraphAgent:
         got, level, added = 0, [obj], set()
         try:
             while level and got < budget:
-                targets = {t for o in level for t in _targets(o)
-                           if t not in pending and not self._held(t)}  # fmt: skip
+                targets = {
+                    t for o in level for t in _targets(o) if t not in pending and not self._held(t)
+                }
                 if not targets:
                     return
                 pending.update(targets)
@@ -557,10 +575,19 @@ def _targets(obj: StoredObject) -> list[ObjectId]:
 
 
 def _object_attrs(o: GraphObject) -> dict[str, Any]:
-    return {"kind": "object", "home": o.home, "max_size": o.max_size, "data_len": o.data_len,
-            "fot_count": o.fot_count, "version": o.version, "copies": list(o.copies),
-            "flags": o.flags, "depth": o.depth, "directory": o.directory,
-            "bytes": image_bytes(o.data_len, o.fot_count)}  # fmt: skip
+    return {
+        "kind": "object",
+        "home": o.home,
+        "max_size": o.max_size,
+        "data_len": o.data_len,
+        "fot_count": o.fot_count,
+        "version": o.version,
+        "copies": list(o.copies),
+        "flags": o.flags,
+        "depth": o.depth,
+        "directory": o.directory,
+        "bytes": image_bytes(o.data_len, o.fot_count),
+    }
 
 
 def _trim_to_budget(graph: nx.DiGraph[str], order: list[str], budget: int | None) -> bool:
@@ -584,8 +611,13 @@ def _add_edges(graph: nx.DiGraph[str], edges: Sequence[GraphEdge]) -> None:
         if e.target == ZERO_ID:
             target = f"name:{e.name}" if e.name else f"error:{source}:{e.fot_index}"
             if target not in graph:
-                graph.add_node(target, kind="unresolved", name=e.name, error=e.error,
-                               depth=graph.nodes[source]["depth"] + 1)  # fmt: skip
+                graph.add_node(
+                    target,
+                    kind="unresolved",
+                    name=e.name,
+                    error=e.error,
+                    depth=graph.nodes[source]["depth"] + 1,
+                )
         else:
             target = e.target.hex()
             if target not in graph:
@@ -597,9 +629,16 @@ def _add_edges(graph: nx.DiGraph[str], edges: Sequence[GraphEdge]) -> None:
             if e.name and attrs["kind"] != "name":
                 attrs["kind"], attrs["name"] = "name", e.name
             continue
-        graph.add_edge(source, target, fot_indices=[e.fot_index], flags=e.flags,
-                       kind="name" if e.name else "id", name=e.name or None,
-                       uses=0, cross=False)  # fmt: skip
+        graph.add_edge(
+            source,
+            target,
+            fot_indices=[e.fot_index],
+            flags=e.flags,
+            kind="name" if e.name else "id",
+            name=e.name or None,
+            uses=0,
+            cross=False,
+        )
 
 
 def _wanted(

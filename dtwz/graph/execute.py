@@ -85,10 +85,14 @@ class CodeExecutor:
             by_home, objects, cut = await self.agent.summarize(root, budget=DECISION_BUDGET)
             choice = choose_site(by_home, me, code_bytes=code_bytes, code_home=code_home)
             site = choice.site
-            report |= {"choice": choice.choice, "estimates": choice.estimates,
-                       "bytes_moved_estimate": choice.bytes_moved,
-                       "reachable_objects": objects, "reachable_bytes": sum(by_home.values()),
-                       "estimate_cut_short": cut}  # fmt: skip
+            report |= {
+                "choice": choice.choice,
+                "estimates": choice.estimates,
+                "bytes_moved_estimate": choice.bytes_moved,
+                "reachable_objects": objects,
+                "reachable_bytes": sum(by_home.values()),
+                "estimate_cut_short": cut,
+            }
         else:
             site = me if where in ("here", "caller", me) else where
             report["choice"] = "asked"
@@ -105,15 +109,20 @@ class CodeExecutor:
             self.stats["runs_sent"] += 1
         key = "data_to_code" if site == me else "code_to_data"
         self.stats[key] += 1
-        report |= {"ran_at": site, "result": result, "worker": stats,
-                   "elapsed": round(time.perf_counter() - start, 6)}  # fmt: skip
+        report |= {
+            "ran_at": site,
+            "result": result,
+            "worker": stats,
+            "elapsed": round(time.perf_counter() - start, 6),
+        }
         return report
 
     async def _run_here(
         self, body: CodeBody, root: ObjectId, args: list[Any], timeout: float
     ) -> tuple[Any, dict[str, Any]]:
-        outcome = await self.runner.run(body, root, args, timeout=timeout,
-                                        generation=self.service.deletions)  # fmt: skip
+        outcome = await self.runner.run(
+            body, root, args, timeout=timeout, generation=self.service.deletions
+        )
         self.stats["runs_here"] += 1
         return outcome.result, {**outcome.stats, "elapsed": outcome.elapsed}
 

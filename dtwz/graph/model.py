@@ -47,10 +47,13 @@ def from_json(doc: dict[str, Any]) -> nx.DiGraph[str]:
             (n["id"], {k: v for k, v in _copied(n).items() if k != "id"}) for n in doc["nodes"]
         )
         G.add_edges_from(
-            (e["source"], e["target"],
-             {k: v for k, v in _copied(e).items() if k not in ("source", "target")})
+            (
+                e["source"],
+                e["target"],
+                {k: v for k, v in _copied(e).items() if k not in ("source", "target")},
+            )
             for e in doc[EDGES_KEY]
-        )  # fmt: skip
+        )
     except (KeyError, TypeError, AttributeError) as exc:
         raise FormatError(f"not a graph document: {exc!r}") from exc
     return G

@@ -113,8 +113,7 @@ def plan_colocation(
     after, wafter = cut(graph, placement)
     if (wafter, after) >= (wbefore, before):  # no better than now: move nothing
         return Plan(dict(current), {}, before, before, wbefore, wbefore, 0)
-    return Plan(placement, moves, before, after, wbefore, wafter,
-                sum(sizes[n] for n in moves))  # fmt: skip
+    return Plan(placement, moves, before, after, wbefore, wafter, sum(sizes[n] for n in moves))
 
 
 def group_moves(plan: Plan, graph: nx.DiGraph[str]) -> dict[tuple[str, str], list[str]]:

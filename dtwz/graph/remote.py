@@ -38,18 +38,26 @@ def _limits(depth: int | None, budget: int | None) -> dict[str, Any]:
 
 
 def walk(
-    client: Client, root: ObjectRef, *, depth: int | None = None, budget: int | None = None,
+    client: Client,
+    root: ObjectRef,
+    *,
+    depth: int | None = None,
+    budget: int | None = None,
     uses: bool = True,
-) -> nx.DiGraph[str]:  # fmt: skip
+) -> nx.DiGraph[str]:
     oid = client.resolve(root)
     query = {"root": oid.hex(), "uses": int(uses), **_limits(depth, budget)}
     return model.from_json(client._call("GET", "/graph/walk", query).json())
 
 
 def view(
-    client: Client, root: ObjectRef, fmt: str = "html", *, depth: int | None = None,
+    client: Client,
+    root: ObjectRef,
+    fmt: str = "html",
+    *,
+    depth: int | None = None,
     budget: int | None = None,
-) -> str:  # fmt: skip
+) -> str:
     oid = client.resolve(root)
     query = {"root": oid.hex(), "format": fmt, **_limits(depth, budget)}
     return client._call("GET", "/graph/view", query).body.decode("utf-8")
@@ -65,9 +73,14 @@ class PrefetchResult:
 
 
 def prefetch(
-    client: Client, root: ObjectRef, *, depth: int | None = None, budget: int | None = None,
-    to_client: bool = True, progress: Progress | None = None,
-) -> PrefetchResult:  # fmt: skip
+    client: Client,
+    root: ObjectRef,
+    *,
+    depth: int | None = None,
+    budget: int | None = None,
+    to_client: bool = True,
+    progress: Progress | None = None,
+) -> PrefetchResult:
     """Bring the reachable set of ``root`` to the node, and (``to_client``) into this
     client's cache, in one streamed response."""
     oid = client.resolve(root)
@@ -90,18 +103,21 @@ def prefetch(
                 done = doc
         else:
             image = stream.decode_image(payload)
-            if not client._install(image.header, image.version, image.home, image.data,
-                                   image.fot, image.object_id):  # fmt: skip
+            if not client._install(
+                image.header, image.version, image.home, image.data, image.fot, image.object_id
+            ):
                 continue  # older than a version this client already saw
             received += 1
             nbytes += len(image.header) + len(image.data) + len(image.fot)
         if progress is not None:
-            progress(received if to_client else int((done or plan).get("fetched", 0)),
-                     nbytes, total)  # fmt: skip
+            progress(
+                received if to_client else int((done or plan).get("fetched", 0)), nbytes, total
+            )
     if done is None:
         raise ProtocolError("the prefetch stream ended before its last event")
-    return PrefetchResult(total, int(done.get("fetched", 0)), received, nbytes,
-                          int(done.get("requests", 0)))  # fmt: skip
+    return PrefetchResult(
+        total, int(done.get("fetched", 0)), received, nbytes, int(done.get("requests", 0))
+    )
 
 
 def migrate(
@@ -121,18 +137,31 @@ def migrate(
 
 
 def colocate(
-    client: Client, root: ObjectRef, *, depth: int | None = None, budget: int | None = None,
-    capacity: int | None = None, dry_run: bool = False,
-) -> dict[str, Any]:  # fmt: skip
-    body = {"root": client.resolve(root).hex(), "depth": depth, "budget": budget,
-            "capacity": capacity, "dry_run": dry_run}  # fmt: skip
+    client: Client,
+    root: ObjectRef,
+    *,
+    depth: int | None = None,
+    budget: int | None = None,
+    capacity: int | None = None,
+    dry_run: bool = False,
+) -> dict[str, Any]:
+    body = {
+        "root": client.resolve(root).hex(),
+        "depth": depth,
+        "budget": budget,
+        "capacity": capacity,
+        "dry_run": dry_run,
+    }
     return dict(client._mutate_json("POST", "/graph/colocate", body))
 
 
 def put_code(
-    client: Client, function: Callable[..., Any] | str, entry: str | None = None, *,
+    client: Client,
+    function: Callable[..., Any] | str,
+    entry: str | None = None,
+    *,
     node: str | None = None,
-) -> ObjectId:  # fmt: skip
+) -> ObjectId:
     """Store a function as an immutable code object; its ID.
 
     ``function`` is a top-level function (its source is taken), or source text
@@ -151,11 +180,20 @@ def put_code(
 
 
 def run(
-    client: Client, code: ObjectRef, root: ObjectRef, *args: Any, where: str = "auto",
+    client: Client,
+    code: ObjectRef,
+    root: ObjectRef,
+    *args: Any,
+    where: str = "auto",
     timeout: float = 60.0,
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     """Run a code object's function against ``root`` where fewer bytes move."""
-    body = {"code": client.resolve(code).hex(), "root": client.resolve(root).hex(),
-            "args": list(args), "where": where, "timeout": timeout}  # fmt: skip
+    body = {
+        "code": client.resolve(code).hex(),
+        "root": client.resolve(root).hex(),
+        "args": list(args),
+        "where": where,
+        "timeout": timeout,
+    }
     # a run may take its whole time limit: wait for it, plus the walk and transfer
     return dict(client._mutate_json("POST", "/code/run", body, timeout=timeout + 30))

@@ -39,10 +39,21 @@ def to_html(G: nx.DiGraph[str], title: str = "dtwz object graph") -> str:
 
     return page(G, title)
 
+
 FORMATS = ("dot", "svg", "html", "json")
 # Tableau 10: distinct, and dark text stays readable on every one of them.
-_PALETTE = ("#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f",
-            "#edc948", "#b07aa1", "#ff9da7", "#9c755f", "#bab0ac")  # fmt: skip
+_PALETTE = (
+    "#4e79a7",
+    "#f28e2b",
+    "#e15759",
+    "#76b7b2",
+    "#59a14f",
+    "#edc948",
+    "#b07aa1",
+    "#ff9da7",
+    "#9c755f",
+    "#bab0ac",
+)
 _RED = "#d62728"
 _INK = "#222222"
 _LAST = 1 << 62  # sorts edges without FOT indices after the others
@@ -530,6 +541,7 @@ def to_svg(G: nx.DiGraph[str]) -> str:
 
 
 # --- offline HTML page ------------------------------------------------------------
+
 
 def render(G: nx.DiGraph[str], fmt: str) -> str:
     """``G`` drawn in ``fmt``: one of "dot", "svg", "html" or "json"."""

@@ -85,16 +85,24 @@ class _Worker:
         ours, theirs = socket.socketpair()
         try:
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "dtwz.graph.worker",
-                "--store", str(store_dir), "--node", node_url,
-                "--fd", str(theirs.fileno()), "--parent", str(os.getpid()),
+                sys.executable,
+                "-m",
+                "dtwz.graph.worker",
+                "--store",
+                str(store_dir),
+                "--node",
+                node_url,
+                "--fd",
+                str(theirs.fileno()),
+                "--parent",
+                str(os.getpid()),
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.DEVNULL,  # the worker sends prints to stderr
                 stderr=asyncio.subprocess.PIPE,
                 pass_fds=(theirs.fileno(),),
                 start_new_session=True,  # its own group: killed with what it started
                 env=_worker_env(identity_file),
-            )  # fmt: skip
+            )
         except BaseException as exc:  # cancelled too: asyncio kills a half-started child
             ours.close()
             if isinstance(exc, OSError):
@@ -260,9 +268,13 @@ class CodeRunner:
             raise InvalidArgument(f"timeout must be positive, got {timeout!r}")
         call_id = next(self._call_ids)
         request = {
-            "call_id": call_id, "source": body.source, "entry": body.entry,
-            "root": ObjectId(root).hex(), "args": list(args), "generation": generation,
-        }  # fmt: skip
+            "call_id": call_id,
+            "source": body.source,
+            "entry": body.entry,
+            "root": ObjectId(root).hex(),
+            "args": list(args),
+            "generation": generation,
+        }
         try:
             frame = encode_frame(request)
         except CodeError as exc:
@@ -307,8 +319,11 @@ class CodeRunner:
                         f"the code worker died while running {entry} "
                         f"({worker.exit_text()}){worker.tail_text()}"
                     ) from None
-                log.info("code worker %d had died (%s); starting another",
-                         worker.proc.pid, worker.exit_text())  # fmt: skip
+                log.info(
+                    "code worker %d had died (%s); starting another",
+                    worker.proc.pid,
+                    worker.exit_text(),
+                )
             except TimeoutError:
                 await self._discard(worker)
                 raise CodeTimeout(

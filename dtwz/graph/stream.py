@@ -49,13 +49,20 @@ def event(doc: dict[str, Any]) -> bytes:
 
 
 def image(
-    oid: bytes, version: int, home: str, header: bytes, data: bytes | memoryview,
+    oid: bytes,
+    version: int,
+    home: str,
+    header: bytes,
+    data: bytes | memoryview,
     fot: bytes | memoryview,
-) -> list[bytes | memoryview]:  # fmt: skip
+) -> list[bytes | memoryview]:
     """The frame of one object, as parts to write one after another (no joining)."""
     raw_home = home.encode("utf-8")
-    head = (_IMAGE_HEAD.pack(bytes(oid), version, len(raw_home)) + raw_home
-            + _IMAGE_LENS.pack(len(header), len(data), len(fot)))  # fmt: skip
+    head = (
+        _IMAGE_HEAD.pack(bytes(oid), version, len(raw_home))
+        + raw_home
+        + _IMAGE_LENS.pack(len(header), len(data), len(fot))
+    )
     size = len(head) + len(header) + len(data) + len(fot)
     return [FRAME.pack(IMAGE, size) + head + header, data, fot]
 

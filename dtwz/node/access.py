@@ -102,8 +102,13 @@ class Access:
         self._header_of = header_of
         self._protections: OrderedDict[ObjectId, tuple[ObjectId, int]] = OrderedDict()
         self._clock = clock
-        self.stats = {"requests": 0, "denied": 0, "capabilities": 0, "session_requests": 0,
-                      "sessions_opened": 0}  # fmt: skip
+        self.stats = {
+            "requests": 0,
+            "denied": 0,
+            "capabilities": 0,
+            "session_requests": 0,
+            "sessions_opened": 0,
+        }
 
     def open_session(self, owner: ObjectId, client_public: bytes) -> dict[str, object]:
         """A session for ``owner`` (who signed the request that asks): its ID, the
@@ -135,8 +140,9 @@ class Access:
                 raise AccessDenied("a session request names no session")
             session = self.sessions.lookup(claimed, self._clock())
             self.stats["session_requests"] += 1
-            self.verifier.verify(headers, method, raw_path, body_digest, self._clock(),
-                                 lambda _: session)  # fmt: skip
+            self.verifier.verify(
+                headers, method, raw_path, body_digest, self._clock(), lambda _: session
+            )
             return session.owner
         claimed = _claimed_kuid(headers)
         if claimed is not None and new_key is not None and new_key.kuid == claimed:
@@ -178,10 +184,18 @@ class Access:
         for link in cap.chain:  # the pure check looks keys up synchronously
             await self.keys.load(link.issuer)
         try:
-            verify(cap, target=oid, accessor_kuid=accessor, rights_needed=rights,
-                   offset=offset, length=length, now=int(self._clock()),
-                   owner_kuid_of_target=owner, key_lookup=self.keys.lookup,
-                   cache=self.cache)  # fmt: skip
+            verify(
+                cap,
+                target=oid,
+                accessor_kuid=accessor,
+                rights_needed=rights,
+                offset=offset,
+                length=length,
+                now=int(self._clock()),
+                owner_kuid_of_target=owner,
+                key_lookup=self.keys.lookup,
+                cache=self.cache,
+            )
         except AccessDenied:
             self.stats["denied"] += 1
             raise

@@ -77,20 +77,51 @@ if TYPE_CHECKING:
     from dtwz.resolver.namespace import Namespace
 
 _STATUS = {
-    "ObjectNotFound": 404, "InvalidArgument": 400, "FormatError": 400, "PointerError": 400,
-    "PointerOutOfBounds": 400, "NullPointer": 400, "BadFotIndex": 400, "InvalidFotEntry": 400,
-    "TransactionConflict": 409, "ObjectFull": 409, "ReadOnlyObject": 409,
-    "HomeUnreachable": 503, "PeerUnavailable": 503, "ClusterError": 503, "StaleLocation": 503,
-    "CorruptObject": 500, "UnresolvedName": 404, "NamespaceError": 409, "NameNotFound": 404,
-    "NameExists": 409, "NotADirectory": 409, "DirectoryNotEmpty": 409, "SymlinkLoop": 400,
-    "InvalidName": 400, "ObjectMoved": 503, "MigrationError": 409, "GraphError": 400,
-    "CodeError": 422, "CodeTimeout": 504, "AccessDenied": 403, "InvalidCapability": 403,
-    "CapabilityExpired": 403, "ReplayedRequest": 401, "UnknownKey": 401, "UnknownSession": 401,
-}  # fmt: skip
+    "ObjectNotFound": 404,
+    "InvalidArgument": 400,
+    "FormatError": 400,
+    "PointerError": 400,
+    "PointerOutOfBounds": 400,
+    "NullPointer": 400,
+    "BadFotIndex": 400,
+    "InvalidFotEntry": 400,
+    "TransactionConflict": 409,
+    "ObjectFull": 409,
+    "ReadOnlyObject": 409,
+    "HomeUnreachable": 503,
+    "PeerUnavailable": 503,
+    "ClusterError": 503,
+    "StaleLocation": 503,
+    "CorruptObject": 500,
+    "UnresolvedName": 404,
+    "NamespaceError": 409,
+    "NameNotFound": 404,
+    "NameExists": 409,
+    "NotADirectory": 409,
+    "DirectoryNotEmpty": 409,
+    "SymlinkLoop": 400,
+    "InvalidName": 400,
+    "ObjectMoved": 503,
+    "MigrationError": 409,
+    "GraphError": 400,
+    "CodeError": 422,
+    "CodeTimeout": 504,
+    "AccessDenied": 403,
+    "InvalidCapability": 403,
+    "CapabilityExpired": 403,
+    "ReplayedRequest": 401,
+    "UnknownKey": 401,
+    "UnknownSession": 401,
+}
 # no signature needed: liveness, metrics and the member list reveal no object data
 OPEN_ROUTES = frozenset({"/health", "/ready", "/metrics", "/cluster", "/"})
-_OP_KINDS = {"write": OP_WRITE, "append": OP_APPEND, "pointer": OP_POINTER, "alloc": OP_ALLOC,
-             "name_pointer": OP_NAME_POINTER}  # fmt: skip
+_OP_KINDS = {
+    "write": OP_WRITE,
+    "append": OP_APPEND,
+    "pointer": OP_POINTER,
+    "alloc": OP_ALLOC,
+    "name_pointer": OP_NAME_POINTER,
+}
 
 NODE_KEY = web.AppKey("node", object)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -111,8 +142,11 @@ class _NodeCollector(Collector):
             for name, value in status[section].items():
                 family.add_metric([name], float(value))
             yield family
-        yield GaugeMetricFamily("dtwz_members_alive", "live members", value=sum(
-            m["state"] in ("alive", "suspect") for m in status["members"]))  # fmt: skip
+        yield GaugeMetricFamily(
+            "dtwz_members_alive",
+            "live members",
+            value=sum(m["state"] in ("alive", "suspect") for m in status["members"]),
+        )
         yield GaugeMetricFamily("dtwz_copies", "copies of remote objects", value=status["copies"])
 
 
@@ -190,10 +224,12 @@ async def _authenticate(request: web.Request, route: str) -> None:
 def build_app(node: Node) -> web.Application:
     registry = CollectorRegistry()
     registry.register(_NodeCollector(node))
-    requests = Counter("dtwz_http_requests", "HTTP requests", ["route", "status"],
-                       registry=registry)  # fmt: skip
-    latency = Histogram("dtwz_http_latency_seconds", "HTTP request latency", ["route"],
-                        registry=registry)  # fmt: skip
+    requests = Counter(
+        "dtwz_http_requests", "HTTP requests", ["route", "status"], registry=registry
+    )
+    latency = Histogram(
+        "dtwz_http_latency_seconds", "HTTP request latency", ["route"], registry=registry
+    )
 
     @web.middleware
     async def errors_and_metrics(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -208,23 +244,29 @@ def build_app(node: Node) -> web.Application:
             response = await handler(request)
         except DtwzError as exc:
             kind = type(exc).__name__
-            response = web.json_response({"error": kind, "message": str(exc)},
-                                         status=_STATUS.get(kind, 500))  # fmt: skip
+            response = web.json_response(
+                {"error": kind, "message": str(exc)}, status=_STATUS.get(kind, 500)
+            )
         except web.HTTPException as exc:
-            response = web.json_response({"error": "InvalidArgument", "message": exc.text or
-                                          exc.reason}, status=exc.status)  # fmt: skip
+            response = web.json_response(
+                {"error": "InvalidArgument", "message": exc.text or exc.reason}, status=exc.status
+            )
         requests.labels(route, str(response.status)).inc()
         latency.labels(route).observe(time.perf_counter() - start)
         return response
 
     # a request line must hold a path of the namespace (4096 bytes, 3x that URL-encoded)
-    app = web.Application(middlewares=[errors_and_metrics], client_max_size=1 << 30,
-                          handler_args={"max_line_size": 16 << 10})  # fmt: skip
+    app = web.Application(
+        middlewares=[errors_and_metrics],
+        client_max_size=1 << 30,
+        handler_args={"max_line_size": 16 << 10},
+    )
     app[NODE_KEY] = node
 
     async def metrics(request: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(registry),
-                            content_type="text/plain", charset="utf-8")  # fmt: skip
+        return web.Response(
+            body=generate_latest(registry), content_type="text/plain", charset="utf-8"
+        )
 
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/health", health)
@@ -290,11 +332,18 @@ async def index(request: web.Request) -> web.Response:
         "<h2>object graph</h2><form action='/graph/view'>"
         "<input name='root' size=34 placeholder='object ID (32 hex digits)' required> "
         "<input name='depth' size=4 placeholder='depth'> <button>draw</button></form>"
-        + ("<p>Security is on: a browser cannot sign, so open drawings from a signed link, "
-           "<code>dtwz graph ROOT --link</code>.</p>" if node.access is not None else "")
-        + (f"<p><a href='/graph/view?root={root}&amp;depth=2'>the namespace root</a></p>"
-           if root else "")
-    )  # fmt: skip
+        + (
+            "<p>Security is on: a browser cannot sign, so open drawings from a signed link, "
+            "<code>dtwz graph ROOT --link</code>.</p>"
+            if node.access is not None
+            else ""
+        )
+        + (
+            f"<p><a href='/graph/view?root={root}&amp;depth=2'>the namespace root</a></p>"
+            if root
+            else ""
+        )
+    )
     body = (
         f"<!doctype html><title>dtwz {html.escape(status['node_id'])}</title>"
         f"<h1>dtwz node {html.escape(status['node_id'])}</h1>"
@@ -322,8 +371,15 @@ async def create(request: web.Request) -> web.Response:
         assert isinstance(reply, Created)
         created = reply
     return web.json_response(
-        {"id": created.object_id.hex(), "version": created.version, "home": target,
-         "offset": created.data_offset, "length": len(data)}, status=201)  # fmt: skip
+        {
+            "id": created.object_id.hex(),
+            "version": created.version,
+            "home": target,
+            "offset": created.data_offset,
+            "length": len(data),
+        },
+        status=201,
+    )
 
 
 async def info(request: web.Request) -> web.Response:
@@ -344,10 +400,18 @@ async def info(request: web.Request) -> web.Response:
 
 
 def _header_json(h: ObjectHeader) -> dict[str, Any]:
-    return {"id": h.object_id.hex(), "max_size": h.max_size, "flags": int(h.flags),
-            "default_prot": int(h.default_prot), "data_len": h.data_len,
-            "data_end": h.data_end, "version": h.version, "fot_count": h.fot_count,
-            "free": h.free_bytes, "kuid": h.kuid.hex()}  # fmt: skip
+    return {
+        "id": h.object_id.hex(),
+        "max_size": h.max_size,
+        "flags": int(h.flags),
+        "default_prot": int(h.default_prot),
+        "data_len": h.data_len,
+        "data_end": h.data_end,
+        "version": h.version,
+        "fot_count": h.fot_count,
+        "free": h.free_bytes,
+        "kuid": h.kuid.hex(),
+    }
 
 
 def _fot_json(index: int, entry: FotEntry, obj: Any) -> dict[str, Any]:
@@ -375,8 +439,11 @@ async def read(request: web.Request) -> web.Response:
         obj, version, home = await node.service.open_whole(oid, latest=latest)
         await allow(request, oid, Rights.READ)
         data = obj.read(offset, max(0, obj.header().data_end - offset))
-    return web.Response(body=bytes(data), content_type="application/octet-stream",
-                        headers={"X-Dtwz-Version": str(version), "X-Dtwz-Home": home})  # fmt: skip
+    return web.Response(
+        body=bytes(data),
+        content_type="application/octet-stream",
+        headers={"X-Dtwz-Version": str(version), "X-Dtwz-Home": home},
+    )
 
 
 async def image(request: web.Request) -> web.Response:
@@ -404,9 +471,15 @@ async def image(request: web.Request) -> web.Response:
         if ObjectHeader.decode(header_raw, check_id=False).version == header.version:
             break
     return web.Response(
-        body=header_raw + data + fot, content_type="application/octet-stream",
-        headers={"X-Dtwz-Version": str(header.version), "X-Dtwz-Home": home,
-                 "X-Dtwz-Data-Len": str(len(data)), "X-Dtwz-Fot-Len": str(len(fot))})  # fmt: skip
+        body=header_raw + data + fot,
+        content_type="application/octet-stream",
+        headers={
+            "X-Dtwz-Version": str(header.version),
+            "X-Dtwz-Home": home,
+            "X-Dtwz-Data-Len": str(len(data)),
+            "X-Dtwz-Fot-Len": str(len(fot)),
+        },
+    )
 
 
 async def _run(request: web.Request, ops: list[TxOp], txn_id: bytes | None = None) -> Any:
@@ -433,8 +506,9 @@ def _versions(result: Any) -> dict[str, int]:
 async def write(request: web.Request) -> web.Response:
     oid = _oid(request)
     data = await request.read()
-    result = await _run(request, [TxOp(OP_WRITE, oid, _int(request, "offset"), data)],
-                        _txn_id(request))  # fmt: skip
+    result = await _run(
+        request, [TxOp(OP_WRITE, oid, _int(request, "offset"), data)], _txn_id(request)
+    )
     return web.json_response({"version": _versions(result).get(oid.hex(), 0), "length": len(data)})
 
 
@@ -442,16 +516,27 @@ async def append(request: web.Request) -> web.Response:
     oid = _oid(request)
     data = await request.read()
     result = await _run(request, [TxOp(OP_APPEND, oid, 0, data)], _txn_id(request))
-    return web.json_response({"offset": result.results[0], "length": len(data),
-                              "version": _versions(result).get(oid.hex(), 0)})  # fmt: skip
+    return web.json_response(
+        {
+            "offset": result.results[0],
+            "length": len(data),
+            "version": _versions(result).get(oid.hex(), 0),
+        }
+    )
 
 
 async def pointer(request: web.Request) -> web.Response:
     oid = _oid(request)
     body = await _json(request)
-    op = _tx_op({"kind": "pointer", "object": oid.hex(), "offset": body.get("at"),
-                 "target": body.get("target"), "target_offset": body.get("target_offset",
-                                                                          DATA_START)})  # fmt: skip
+    op = _tx_op(
+        {
+            "kind": "pointer",
+            "object": oid.hex(),
+            "offset": body.get("at"),
+            "target": body.get("target"),
+            "target_offset": body.get("target_offset", DATA_START),
+        }
+    )
     result = await _run(request, [op], _txn_id(request))
     return web.json_response({"pointer": result.results[0], "versions": _versions(result)})
 
@@ -472,8 +557,15 @@ async def locate(request: web.Request) -> web.Response:
     oid = _oid(request)
     where = await node.describe(oid, refresh=_flag(request, "refresh"))
     record = where.record
-    return web.json_response({"id": oid.hex(), "home": record.home, "version": record.version,
-                              "epoch": record.epoch, "copies": where.copies})  # fmt: skip
+    return web.json_response(
+        {
+            "id": oid.hex(),
+            "home": record.home,
+            "version": record.version,
+            "epoch": record.epoch,
+            "copies": where.copies,
+        }
+    )
 
 
 async def open_session(request: web.Request) -> web.Response:
@@ -500,11 +592,17 @@ async def register_key(request: web.Request) -> web.Response:
         created = False
     except errors.ObjectNotFound:
         await node.service.create(
-            4096 * 2, int(KEY_OBJECT_FLAGS), int(KEY_OBJECT_PROT), record.encode(),
-            _txn_id(request), nonce=key_object_nonce(record.public_key))  # fmt: skip
+            4096 * 2,
+            int(KEY_OBJECT_FLAGS),
+            int(KEY_OBJECT_PROT),
+            record.encode(),
+            _txn_id(request),
+            nonce=key_object_nonce(record.public_key),
+        )
         created = True
-    return web.json_response({"kuid": kuid.hex(), "created": created},
-                             status=201 if created else 200)  # fmt: skip
+    return web.json_response(
+        {"kuid": kuid.hex(), "created": created}, status=201 if created else 200
+    )
 
 
 # -- names ------------------------------------------------------------------------
@@ -547,8 +645,13 @@ def _entry_json(e: Entry) -> dict[str, Any]:
 
 async def names_root(request: web.Request) -> web.Response:
     names = _names(request)
-    return web.json_response({"id": names.root.hex(), "cluster_id": names.cluster_id,
-                              "home_address": names.root_home_addr})  # fmt: skip
+    return web.json_response(
+        {
+            "id": names.root.hex(),
+            "cluster_id": names.cluster_id,
+            "home_address": names.root_home_addr,
+        }
+    )
 
 
 async def names_resolve(request: web.Request) -> web.Response:
@@ -559,8 +662,9 @@ async def names_resolve(request: web.Request) -> web.Response:
 
 async def names_list(request: web.Request) -> web.Response:
     where, entries = await _names(request).listdir(_path(request))
-    return web.json_response({**_resolved_json(where),
-                              "entries": [_entry_json(e) for e in entries]})  # fmt: skip
+    return web.json_response(
+        {**_resolved_json(where), "entries": [_entry_json(e) for e in entries]}
+    )
 
 
 async def names_change(request: web.Request) -> web.Response:
@@ -578,8 +682,12 @@ async def names_change(request: web.Request) -> web.Response:
     replace = bool(body.get("replace", False))
     if action == "mkdir":
         home = body.get("home")
-        oid = await names.mkdir(text("path"), parents=bool(body.get("parents", False)),
-                                home=str(home) if home else None, txn_id=txn_id)  # fmt: skip
+        oid = await names.mkdir(
+            text("path"),
+            parents=bool(body.get("parents", False)),
+            home=str(home) if home else None,
+            txn_id=txn_id,
+        )
         return web.json_response({"path": text("path"), "id": oid.hex()}, status=201)
     if action == "bind":
         try:
@@ -587,8 +695,9 @@ async def names_change(request: web.Request) -> web.Response:
         except errors.FormatError as exc:
             raise InvalidArgument(str(exc)) from exc
         old = await names.bind(text("path"), target, replace=replace, txn_id=txn_id)
-        return web.json_response({"path": text("path"), "id": target.hex(),
-                                  "replaced": old.hex() if old else None})  # fmt: skip
+        return web.json_response(
+            {"path": text("path"), "id": target.hex(), "replaced": old.hex() if old else None}
+        )
     if action == "symlink":
         await names.symlink(text("path"), text("text"), txn_id=txn_id)
         return web.json_response({"path": text("path"), "text": text("text")}, status=201)

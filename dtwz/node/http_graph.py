@@ -96,8 +96,12 @@ async def view(request: web.Request) -> web.Response:
     await allow(request, root, Rights.READ)
     graph: nx.DiGraph[str] = await _agent(request).walk(root, **_walk_args(request))
     text = render.render(graph, fmt)
-    types = {"html": "text/html", "svg": "image/svg+xml", "dot": "text/vnd.graphviz",
-             "json": "application/json"}  # fmt: skip
+    types = {
+        "html": "text/html",
+        "svg": "image/svg+xml",
+        "dot": "text/vnd.graphviz",
+        "json": "application/json",
+    }
     return web.Response(text=text, content_type=types[fmt], charset="utf-8")
 
 
@@ -114,11 +118,15 @@ async def prefetch(request: web.Request) -> web.StreamResponse:
     await response.prepare(request)
     progress: list[tuple[int, int]] = []
     try:
-        graph, stats = await agent.prefetch(root, progress=lambda n, b: progress.append((n, b)),
-                                            **args)  # fmt: skip
+        graph, stats = await agent.prefetch(
+            root, progress=lambda n, b: progress.append((n, b)), **args
+        )
         objects = [n for n, a in graph.nodes(data=True) if a["kind"] == "object"]
-        await response.write(stream.event({"event": "plan", "objects": len(objects),
-                                           "bytes": graph.graph["bytes"], **stats}))  # fmt: skip
+        await response.write(
+            stream.event(
+                {"event": "plan", "objects": len(objects), "bytes": graph.graph["bytes"], **stats}
+            )
+        )
         if to == "client":
             assert node.service is not None
             sent = sent_bytes = 0
@@ -129,19 +137,22 @@ async def prefetch(request: web.Request) -> web.StreamResponse:
                 except DtwzError:  # not readable by the requester, or gone:
                     continue  # dropped or moved since the walk: the client fetches it itself
                 home = graph.nodes[key]["home"]
-                for part in stream.image(image.object_id, image.version, home, image.header,
-                                         image.data, image.fot):  # fmt: skip
+                for part in stream.image(
+                    image.object_id, image.version, home, image.header, image.data, image.fot
+                ):
                     await response.write(part)
                 sent += 1
                 sent_bytes += len(image.header) + len(image.data) + len(image.fot)
                 if sent % 256 == 0:
-                    await response.write(stream.event({"event": "progress", "objects": sent,
-                                                       "bytes": sent_bytes}))  # fmt: skip
+                    await response.write(
+                        stream.event({"event": "progress", "objects": sent, "bytes": sent_bytes})
+                    )
             stats = {**stats, "sent": sent, "sent_bytes": sent_bytes}
         await response.write(stream.event({"event": "done", "objects": len(objects), **stats}))
     except DtwzError as exc:
-        await response.write(stream.event({"event": "error", "kind": type(exc).__name__,
-                                           "message": str(exc)}))  # fmt: skip
+        await response.write(
+            stream.event({"event": "error", "kind": type(exc).__name__, "message": str(exc)})
+        )
     await response.write_eof()
     return response
 
@@ -161,10 +172,15 @@ async def migrate(request: web.Request) -> web.Response:
     for oid in ids:
         await allow(request, oid, Rights.WRITE)
     done = await _agent(request).migrate(ids, to)
-    return web.json_response({"to": to, "migrated": [
-        {"epoch": m.epoch, "versions": {v.object_id.hex(): v.version for v in m.versions}}
-        for m in done
-    ]})  # fmt: skip
+    return web.json_response(
+        {
+            "to": to,
+            "migrated": [
+                {"epoch": m.epoch, "versions": {v.object_id.hex(): v.version for v in m.versions}}
+                for m in done
+            ],
+        }
+    )
 
 
 async def colocate(request: web.Request) -> web.Response:
@@ -172,9 +188,7 @@ async def colocate(request: web.Request) -> web.Response:
     root = ObjectId.parse(str(body.get("root")))
     await allow(request, root, Rights.READ)
     access = _node(request).access
-    if access is not None and not body.get("dry_run") and not access.is_trusted(
-        accessor(request)
-    ):
+    if access is not None and not body.get("dry_run") and not access.is_trusted(accessor(request)):
         raise AccessDenied("co-location moves objects nobody named: only the admin may run it")
     plan, done = await _agent(request).colocate(
         root,
@@ -183,13 +197,19 @@ async def colocate(request: web.Request) -> web.Response:
         capacity=_limit(body.get("capacity"), "capacity"),
         dry_run=bool(body.get("dry_run")),
     )
-    return web.json_response({
-        "moves": plan.moves, "placement": plan.placement,
-        "cross_before": plan.cross_before, "cross_after": plan.cross_after,
-        "weighted_before": plan.weighted_before, "weighted_after": plan.weighted_after,
-        "bytes_moved": plan.bytes_moved, "migrations": len(done),
-        "dry_run": bool(body.get("dry_run")),
-    })  # fmt: skip
+    return web.json_response(
+        {
+            "moves": plan.moves,
+            "placement": plan.placement,
+            "cross_before": plan.cross_before,
+            "cross_after": plan.cross_after,
+            "weighted_before": plan.weighted_before,
+            "weighted_after": plan.weighted_after,
+            "bytes_moved": plan.bytes_moved,
+            "migrations": len(done),
+            "dry_run": bool(body.get("dry_run")),
+        }
+    )
 
 
 async def run_code(request: web.Request) -> web.Response:

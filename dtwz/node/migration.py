@@ -121,8 +121,11 @@ class MigrationLog:
         return {oid: int(e["epoch"]) for oid, e in self.entries.items() if e["op"] == "in"}
 
     def pending(self) -> dict[bytes, dict[str, Any]]:
-        return {oid: e for oid, e in self.entries.items()
-                if e["op"] == "out" and e["state"] == "pending"}  # fmt: skip
+        return {
+            oid: e
+            for oid, e in self.entries.items()
+            if e["op"] == "out" and e["state"] == "pending"
+        }
 
 
 class Migrations:
@@ -183,8 +186,19 @@ class Migrations:
         except BaseException:
             self._thaw(oids)
             raise
-        self.log.append([{"id": o.hex(), "op": "out", "state": "pending", "to": to_node,
-                          "epoch": epoch, "txn": txn_id.hex()} for o in oids])  # fmt: skip
+        self.log.append(
+            [
+                {
+                    "id": o.hex(),
+                    "op": "out",
+                    "state": "pending",
+                    "to": to_node,
+                    "epoch": epoch,
+                    "txn": txn_id.hex(),
+                }
+                for o in oids
+            ]
+        )
         try:
             await self._ship(to_node, message)
         except PeerUnavailable as exc:
@@ -227,8 +241,12 @@ class Migrations:
             raise MigrationError(f"node {to_node} answered a migration with {reply!r}")
 
     async def _hand_over(self, oids: Sequence[ObjectId], to_node: str, epoch: int) -> None:
-        self.log.append([{"id": o.hex(), "op": "out", "state": "done", "to": to_node,
-                          "epoch": epoch} for o in oids])  # fmt: skip
+        self.log.append(
+            [
+                {"id": o.hex(), "op": "out", "state": "done", "to": to_node, "epoch": epoch}
+                for o in oids
+            ]
+        )
         await self.service.delete_local(oids)
         for oid in oids:
             self.service.holders.pop(oid, None)
@@ -238,8 +256,18 @@ class Migrations:
         self._thaw(oids)  # frozen writers now get ObjectMoved
 
     def _abandon(self, oids: Sequence[ObjectId]) -> None:
-        self.log.append([{"id": o.hex(), "op": "out", "state": "abandoned", "to": "",
-                          "epoch": self.service.epoch_of(o)} for o in oids])  # fmt: skip
+        self.log.append(
+            [
+                {
+                    "id": o.hex(),
+                    "op": "out",
+                    "state": "abandoned",
+                    "to": "",
+                    "epoch": self.service.epoch_of(o),
+                }
+                for o in oids
+            ]
+        )
         self._thaw(oids)
 
     def _retry_in_background(
@@ -305,8 +333,7 @@ class Migrations:
                     tx.restore(header, image.data, image.fot)
 
         await service.run_in_thread(restore)
-        self.log.append([{"id": i.object_id.hex(), "op": "in", "epoch": m.epoch}
-                         for i in m.images])  # fmt: skip
+        self.log.append([{"id": i.object_id.hex(), "op": "in", "epoch": m.epoch} for i in m.images])
         for image in m.images:
             oid = image.object_id
             service.epochs[oid] = m.epoch
@@ -318,10 +345,12 @@ class Migrations:
             service.remember_applied(
                 applied.txn_id, TransactResult(list(applied.results), list(applied.versions))
             )
-        await asyncio.gather(*(
-            self.cluster.publish_created(HomeRecord(i.object_id, me, i.version, m.epoch))
-            for i in m.images
-        ))  # fmt: skip
+        await asyncio.gather(
+            *(
+                self.cluster.publish_created(HomeRecord(i.object_id, me, i.version, m.epoch))
+                for i in m.images
+            )
+        )
         self.stats["migrated_in"] += len(m.images)
         return Ack(len(m.images))
 

@@ -320,8 +320,14 @@ class PeerEndpoint:
         self._ids = itertools.count(1)
         self._tasks: set[asyncio.Task[Any]] = set()  # handlers that suspended
         self._closed = False
-        self.stats = {"requests_in": 0, "requests_out": 0, "bytes_in": 0, "bytes_out": 0,
-                      "malformed": 0, "timeouts": 0}  # fmt: skip
+        self.stats = {
+            "requests_in": 0,
+            "requests_out": 0,
+            "bytes_in": 0,
+            "bytes_out": 0,
+            "malformed": 0,
+            "timeouts": 0,
+        }
 
     async def start(self) -> str:
         """Bind the ROUTER; returns the bound address (port 0 picks a free port)."""

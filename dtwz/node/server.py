@@ -140,8 +140,9 @@ class Node:
         self.store = Store.open(data / "store", create=True, durable=self.config.durable)
         self.service = ObjectService(self.store, self)
         c = self.config
-        self.names = Namespace(self, self.service, cluster_id=c.cluster_id, seeds=c.seeds,
-                               peer_addr=c.peer_addr)  # fmt: skip
+        self.names = Namespace(
+            self, self.service, cluster_id=c.cluster_id, seeds=c.seeds, peer_addr=c.peer_addr
+        )
         self.names.startup()  # the root, if it is ours to create
         self.migrations = Migrations(data, self.service, self)
         self.graph = GraphAgent(self, self.service, self.names)
@@ -159,8 +160,12 @@ class Node:
         self._spawn(self._heartbeat_loop())
         self._spawn(self._reseed_loop())
         self._spawn(self._republish_loop())
-        log.info("node %s up: peer %s, http %s", self.node_id, self.config.peer_addr,
-                 self.config.http_addr)  # fmt: skip
+        log.info(
+            "node %s up: peer %s, http %s",
+            self.node_id,
+            self.config.peer_addr,
+            self.config.http_addr,
+        )
 
     def _setup_security(self) -> Path:
         """Keys (made on first start, this node admitted), CurveZMQ on the peer
@@ -175,10 +180,12 @@ class Node:
             obj, _, _ = await service.open_whole(kuid)
             return bytes(obj.read(DATA_START, obj.header().data_len))
 
-        self.access = Access(self.node_id, admitted, KeyRing(admitted.trusted, read_key),
-                             service.header_of)  # fmt: skip
-        self.peer.curve = Curve(mine.curve_server[0], mine.curve_server[1], mine.curve[0],
-                                mine.curve[1], self._admits)  # fmt: skip
+        self.access = Access(
+            self.node_id, admitted, KeyRing(admitted.trusted, read_key), service.header_of
+        )
+        self.peer.curve = Curve(
+            mine.curve_server[0], mine.curve_server[1], mine.curve[0], mine.curve[1], self._admits
+        )
         return keyfiles.node_identity_file(folder, self.node_id)
 
     def _admits(self, curve_key: bytes) -> bool:
@@ -317,8 +324,9 @@ class Node:
                 return Ack(sum(self.shard.put(r) for r in m.records))
             case Heartbeat():
                 self.membership.heard_directly(m.sender.node_id, time.monotonic())
-                await self._apply_events(self.membership.merge([m.sender, *m.members],
-                                                               time.monotonic()))  # fmt: skip
+                await self._apply_events(
+                    self.membership.merge([m.sender, *m.members], time.monotonic())
+                )
                 return Members(self.membership.members())
             case Join():
                 events = self.membership.merge([m.member], time.monotonic())
@@ -362,8 +370,11 @@ class Node:
         await self.joined.wait()
         while True:
             await asyncio.sleep(RESEED_EVERY)
-            live = {m.peer_addr for m in self.membership.members()
-                    if m.state in (MemberState.ALIVE, MemberState.SUSPECT)}  # fmt: skip
+            live = {
+                m.peer_addr
+                for m in self.membership.members()
+                if m.state in (MemberState.ALIVE, MemberState.SUSPECT)
+            }
             for seed in self.config.seeds:
                 if seed not in live and seed != self.config.peer_addr:
                     self._spawn(self._rejoin(seed))
@@ -590,10 +601,15 @@ class Node:
     def status(self) -> dict[str, Any]:
         assert self.store is not None and self.service is not None
         members = [
-            {"node_id": m.node_id, "state": MemberState(m.state).name.lower(),
-             "peer": m.peer_addr, "http": m.http_addr, "incarnation": m.incarnation}
+            {
+                "node_id": m.node_id,
+                "state": MemberState(m.state).name.lower(),
+                "peer": m.peer_addr,
+                "http": m.http_addr,
+                "incarnation": m.incarnation,
+            }
             for m in self.membership.members()
-        ]  # fmt: skip
+        ]
         return {
             "node_id": self.node_id,
             "uptime": round(time.time() - self.started, 3),

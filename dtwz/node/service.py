@@ -122,10 +122,19 @@ class ObjectService:
         self.on_fetched: Callable[[StoredObject], None] | None = None
         # (source, target) -> dereferences that had to fetch the target (co-location)
         self.edge_uses: dict[tuple[bytes, bytes], int] = {}
-        self.stats = {"remote_reads": 0, "local_reads": 0, "copy_reads": 0, "fetches_served": 0,
-                      "transactions": 0, "duplicates": 0, "invalidations_sent": 0,
-                      "range_reads": 0, "batch_fetches_served": 0, "prefetched": 0,
-                      "moved_redirects": 0}  # fmt: skip
+        self.stats = {
+            "remote_reads": 0,
+            "local_reads": 0,
+            "copy_reads": 0,
+            "fetches_served": 0,
+            "transactions": 0,
+            "duplicates": 0,
+            "invalidations_sent": 0,
+            "range_reads": 0,
+            "batch_fetches_served": 0,
+            "prefetched": 0,
+            "moved_redirects": 0,
+        }
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
@@ -168,8 +177,9 @@ class ObjectService:
 
         def run() -> Created:
             with self.store.transaction() as tx:
-                oid = tx.create(max_size, flags=flags, default_prot=default_prot, kuid=kuid,
-                                nonce=nonce)  # fmt: skip
+                oid = tx.create(
+                    max_size, flags=flags, default_prot=default_prot, kuid=kuid, nonce=nonce
+                )
                 offset = tx.append(oid, data) if data else 0
             return Created(oid, 1, offset)
 
@@ -256,14 +266,16 @@ class ObjectService:
             return self.store.get(oid).header()
         record = await self.cluster.locate(oid)
         try:
-            reply = await self._fetch(record.home, oid, DATA_START, 0, with_fot=False,
-                                      register=False)  # fmt: skip
+            reply = await self._fetch(
+                record.home, oid, DATA_START, 0, with_fot=False, register=False
+            )
         except (ObjectNotFound, StaleLocation) as exc:
             record = await self._relocate(oid, exc)
             if record.home == self.cluster.node_id:
                 return self.store.get(oid).header()
-            reply = await self._fetch(record.home, oid, DATA_START, 0, with_fot=False,
-                                      register=False)  # fmt: skip
+            reply = await self._fetch(
+                record.home, oid, DATA_START, 0, with_fot=False, register=False
+            )
         header = ObjectHeader.decode(reply.header)  # checks the ID against the metadata
         if header.object_id != oid:
             raise CorruptObject(f"home {record.home} served the header of {header.object_id}")
@@ -287,8 +299,9 @@ class ObjectService:
             raise PointerOutOfBounds(f"read of {length} bytes at {offset:#x} is outside the data")
         home = (await self.cluster.locate(oid)).home
         for _ in range(5):
-            first = await self._fetch(home, oid, offset, min(length, CHUNK), with_fot=False,
-                                      register=False)  # fmt: skip
+            first = await self._fetch(
+                home, oid, offset, min(length, CHUNK), with_fot=False, register=False
+            )
             if offset + length > first.max_size:
                 raise PointerOutOfBounds(
                     f"read of {length} bytes at {offset:#x} is outside object {oid.hex()}"
@@ -400,9 +413,7 @@ class ObjectService:
             return
         forward = self.forwarding(oid)
         if forward is not None:
-            raise ObjectMoved(
-                f"object {oid.hex()} moved to node {forward[0]} (epoch {forward[1]})"
-            )
+            raise ObjectMoved(f"object {oid.hex()} moved to node {forward[0]} (epoch {forward[1]})")
         raise ObjectNotFound(f"object {oid.hex()} is not homed on {self.cluster.node_id}")
 
     async def once(self, txn_id: bytes, run: Callable[[], Awaitable[_M]]) -> _M:
@@ -564,8 +575,9 @@ class ObjectService:
                     continue  # a commit landed mid-fetch: start again
                 parts += [c.data for c in chunks]
             data = parts[0] if len(parts) == 1 else b"".join(parts)
-            copy = self.copies.install(first.header, first.version, home, data, first.fot,
-                                       expect=oid)  # fmt: skip
+            copy = self.copies.install(
+                first.header, first.version, home, data, first.fot, expect=oid
+            )
             self.stats["remote_reads"] += 1
             if copy is None:
                 continue  # invalidated while in flight
@@ -611,9 +623,16 @@ class ObjectService:
         fot = parts[-1] if m.with_fot else b""
         self.stats["fetches_served"] += 1
         return ObjectData(
-            m.object_id, header.version, header.max_size, header.data_end, header.fot_start,
-            start, bytes(parts[0]), data, fot,
-        )  # fmt: skip
+            m.object_id,
+            header.version,
+            header.max_size,
+            header.data_end,
+            header.fot_start,
+            start,
+            bytes(parts[0]),
+            data,
+            fot,
+        )
 
     async def on_transact(self, m: Transact) -> TransactResult:
         # not homed here: checked after the txn_id, so that a retry of a transaction
@@ -629,9 +648,12 @@ class ObjectService:
         for _ in range(100):
             header = ObjectHeader.decode(obj.view[:HEADER_RECORD_SIZE], check_id=False)
             raw, data, fot = obj.snapshot(
-                [(0, HEADER_RECORD_SIZE), (DATA_START, header.data_end),
-                 (header.fot_start, header.max_size)]
-            )  # fmt: skip
+                [
+                    (0, HEADER_RECORD_SIZE),
+                    (DATA_START, header.data_end),
+                    (header.fot_start, header.max_size),
+                ]
+            )
             if ObjectHeader.decode(raw, check_id=False) == header:
                 return ObjectImage(oid, header.version, raw, data, fot)
         raise TransactionConflict(f"object {oid.hex()} kept changing while copied")
@@ -651,8 +673,9 @@ class ObjectService:
 
     def install_image(self, home: str, image: ObjectImage) -> bool:
         """Hold a fetched image as a copy; False if an invalidation made it stale."""
-        copy = self.copies.install(image.header, image.version, home, image.data, image.fot,
-                                   expect=image.object_id)  # fmt: skip
+        copy = self.copies.install(
+            image.header, image.version, home, image.data, image.fot, expect=image.object_id
+        )
         return copy is not None
 
     def note_edge(self, source: ObjectId, target: ObjectId) -> None:
@@ -668,8 +691,9 @@ class ObjectService:
         return Ack(1 if self.copies.invalidate(m.object_id, m.version) else 0)
 
     async def on_create(self, m: Create) -> Created:
-        return await self.create(m.max_size, m.flags, m.default_prot, bytes(m.data), m.txn_id,
-                                 kuid=m.kuid)  # fmt: skip
+        return await self.create(
+            m.max_size, m.flags, m.default_prot, bytes(m.data), m.txn_id, kuid=m.kuid
+        )
 
     def drop_holder(self, node_id: str) -> None:
         """A node died: it holds no copies any more (it refetches after a restart)."""

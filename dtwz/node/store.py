@@ -276,8 +276,11 @@ class Store:
         obj = self._mappings.get(oid)
         if obj is not None:
             header = obj.header()
-            return (header, bytes(obj.view[header.fot_start : header.max_size]),
-                    bytes(obj.view[DATA_START : DATA_START + head]))  # fmt: skip
+            return (
+                header,
+                bytes(obj.view[header.fot_start : header.max_size]),
+                bytes(obj.view[DATA_START : DATA_START + head]),
+            )
         hexid = oid.hex()
         path = f"{self._objects_dir_str}/{hexid[:2]}/{hexid}"
         for _ in range(3):
@@ -289,8 +292,9 @@ class Store:
                 raise StoreError(f"cannot open object {hexid}: {exc}") from exc
             try:
                 try:
-                    header = ObjectHeader.decode(os.pread(fd, HEADER_RECORD_SIZE, 0),
-                                                 check_id=False)  # fmt: skip
+                    header = ObjectHeader.decode(
+                        os.pread(fd, HEADER_RECORD_SIZE, 0), check_id=False
+                    )
                 except CorruptObject:
                     continue  # read while this process applied a commit: read again
                 fot = os.pread(fd, header.max_size - header.fot_start, header.fot_start)
@@ -600,8 +604,14 @@ _MAP_FAILED = ctypes.c_void_p(-1).value
 if _libc is not None:
     try:
         _libc.mmap.restype = ctypes.c_void_p
-        _libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
-                               ctypes.c_int, ctypes.c_long]  # fmt: skip
+        _libc.mmap.argtypes = [
+            ctypes.c_void_p,
+            ctypes.c_size_t,
+            ctypes.c_int,
+            ctypes.c_int,
+            ctypes.c_int,
+            ctypes.c_long,
+        ]
         _libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
     except AttributeError:
         _libc = None

@@ -187,8 +187,14 @@ def _scan(
             raise CorruptObject(f"directory {oid.hex()}: bad entry at {DATA_START + at:#x}")
         name_at = at + _ENTRY.size
         text_at = name_at + name_len
-        yield (DATA_START + at, state, kind, table[name_at:text_at],
-               table[text_at : text_at + text_len], word)  # fmt: skip
+        yield (
+            DATA_START + at,
+            state,
+            kind,
+            table[name_at:text_at],
+            table[text_at : text_at + text_len],
+            word,
+        )
         at += size
 
 

@@ -189,8 +189,17 @@ class Resolved:
 class Walk:
     """One path resolution as a state machine (see the module docstring)."""
 
-    __slots__ = ("_deps", "_links", "_names", "_path", "_root", "_stack", "_todo", "follow_last",
-                 "result")  # fmt: skip
+    __slots__ = (
+        "_deps",
+        "_links",
+        "_names",
+        "_path",
+        "_root",
+        "_stack",
+        "_todo",
+        "follow_last",
+        "result",
+    )
 
     def __init__(self, path: str, root: ObjectId, *, follow_last: bool = True) -> None:
         self._path = path

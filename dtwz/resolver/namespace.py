@@ -132,8 +132,13 @@ class Namespace:
         # our copy by the change that made it (they travel on different sockets)
         self._recheck: set[ObjectId] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self.stats = {"resolutions": 0, "walks": 0, "directory_reads": 0, "changes": 0,
-                      "changes_served": 0}  # fmt: skip
+        self.stats = {
+            "resolutions": 0,
+            "walks": 0,
+            "directory_reads": 0,
+            "changes": 0,
+            "changes_served": 0,
+        }
 
     # -- life cycle ----------------------------------------------------------------------
 
@@ -143,16 +148,20 @@ class Namespace:
         store = self.service.store
         if self.is_root_home and not store.exists(self.root):
             with store.transaction() as tx:
-                oid = tx.create(DIRECTORY_SIZE, default_prot=ROOT_PROT,
-                                nonce=root_nonce(self.cluster_id))  # fmt: skip
+                oid = tx.create(
+                    DIRECTORY_SIZE, default_prot=ROOT_PROT, nonce=root_nonce(self.cluster_id)
+                )
                 dirs.init_directory(tx, oid)
             log.info("created the root directory %s of cluster %r", oid.hex(), self.cluster_id)
         store.name_resolver = self.resolve_for_pointer
         self.service.name_resolver = self.resolve_for_pointer
 
     def status(self) -> dict[str, int]:
-        return {**self.stats, **{f"cache_{k}": v for k, v in self.cache.stats.items()},
-                "cached_names": len(self.cache)}  # fmt: skip
+        return {
+            **self.stats,
+            **{f"cache_{k}": v for k, v in self.cache.stats.items()},
+            "cached_names": len(self.cache),
+        }
 
     # -- reading directories -------------------------------------------------------------
 
@@ -194,9 +203,11 @@ class Namespace:
         member = self.node.member_at(self.root_home_addr)
         who = f"node {member[0]}" if member else "no member"
         state = "" if member is None else f" ({MemberState(member[1]).name.lower()})"
-        return (f"the root directory {self.root.hex()} of cluster {self.cluster_id!r} is homed "
-                f"by the node at {self.root_home_addr} (chosen from the seeds): {who} there"
-                f"{state}; {exc}")  # fmt: skip
+        return (
+            f"the root directory {self.root.hex()} of cluster {self.cluster_id!r} is homed "
+            f"by the node at {self.root_home_addr} (chosen from the seeds): {who} there"
+            f"{state}; {exc}"
+        )
 
     def _hint(self, oid: ObjectId, came_from: ObjectId | None) -> bool:
         """Guess where a directory about to be read lives, so that a cold walk fetches
@@ -350,8 +361,9 @@ class Namespace:
                     raise NameExists(f"{path} exists and is not a directory")
                 return found.object_id
             if split_path(parent_path):
-                await self.mkdir(parent_path, parents=True, home=home,
-                                 txn_id=_derived(txn_id, parent_path))  # fmt: skip
+                await self.mkdir(
+                    parent_path, parents=True, home=home, txn_id=_derived(txn_id, parent_path)
+                )
         parent = await self._directory(parent_path)
         parent_home = None if home is None else (await self.node.locate(parent.object_id)).home
         try:
@@ -374,11 +386,13 @@ class Namespace:
     async def _create_directory_at(self, home: str, txn_id: bytes) -> ObjectId:
         created: Message
         if home == self.node.node_id:
-            created = await self.service.create(DIRECTORY_SIZE, 0, 3, dirs.empty_directory(),
-                                                _derived(txn_id, "create"))  # fmt: skip
+            created = await self.service.create(
+                DIRECTORY_SIZE, 0, 3, dirs.empty_directory(), _derived(txn_id, "create")
+            )
         else:
-            message = Create(_derived(txn_id, "create"), DIRECTORY_SIZE, 0, 3,
-                             dirs.empty_directory())  # fmt: skip
+            message = Create(
+                _derived(txn_id, "create"), DIRECTORY_SIZE, 0, 3, dirs.empty_directory()
+            )
             created = await self.node.request(home, message)
         assert isinstance(created, Created)
         return created.object_id
@@ -393,8 +407,15 @@ class Namespace:
         # the target must exist; a directory is bound as one
         data = await self.service.peek(target, DATA_START, len(DIRECTORY_MAGIC))
         kind = EntryKind.DIRECTORY if data == DIRECTORY_MAGIC else EntryKind.OBJECT
-        op = DirOp(txn_id or os.urandom(16), ACT_BIND, parent.object_id, name, kind, target,
-                   replace=replace)  # fmt: skip
+        op = DirOp(
+            txn_id or os.urandom(16),
+            ACT_BIND,
+            parent.object_id,
+            name,
+            kind,
+            target,
+            replace=replace,
+        )
         result = await self._change(op)
         return None if result.target == ZERO_ID else result.target
 
@@ -402,8 +423,9 @@ class Namespace:
         split_path(text, relative=True)  # InvalidName now rather than at every resolution
         parent_path, name = split_parent(path)
         parent = await self._directory(parent_path)
-        await self._change(DirOp(txn_id or os.urandom(16), ACT_SYMLINK, parent.object_id, name,
-                                 text=text))  # fmt: skip
+        await self._change(
+            DirOp(txn_id or os.urandom(16), ACT_SYMLINK, parent.object_id, name, text=text)
+        )
 
     async def unbind(self, path: str, *, txn_id: bytes = b"") -> Entry:
         """Remove the binding ``path`` (a directory only when empty); what it was."""
@@ -414,8 +436,14 @@ class Namespace:
             obj, _ = await self._open(entry.object_id)
             if dirs.entries(obj):
                 raise DirectoryNotEmpty(f"{path} is not empty")
-        op = DirOp(txn_id or os.urandom(16), ACT_UNBIND, entry.parent, entry.name, entry.kind,
-                   entry.object_id)  # fmt: skip
+        op = DirOp(
+            txn_id or os.urandom(16),
+            ACT_UNBIND,
+            entry.parent,
+            entry.name,
+            entry.kind,
+            entry.object_id,
+        )
         result = await self._change(op)
         target = None if result.target == ZERO_ID else result.target
         return Entry(0, EntryKind(result.kind), entry.name, target, result.text)
@@ -439,20 +467,49 @@ class Namespace:
             return moved
         src_home = await self._home(entry.parent)
         if src_home == await self._home(dst_parent.object_id):
-            op = DirOp(txn_id, ACT_RENAME, entry.parent, entry.name, entry.kind, entry.object_id,
-                       dst_parent.object_id, dst_name, replace)  # fmt: skip
+            op = DirOp(
+                txn_id,
+                ACT_RENAME,
+                entry.parent,
+                entry.name,
+                entry.kind,
+                entry.object_id,
+                dst_parent.object_id,
+                dst_name,
+                replace,
+            )
             await self._change(op)
             return moved
         # directories of two homes: bind the new name, then unbind the old one
         if entry.kind == EntryKind.SYMLINK:
-            bind_op = DirOp(_derived(txn_id, "bind"), ACT_SYMLINK, dst_parent.object_id,
-                            dst_name, text=entry.text)  # fmt: skip
+            bind_op = DirOp(
+                _derived(txn_id, "bind"),
+                ACT_SYMLINK,
+                dst_parent.object_id,
+                dst_name,
+                text=entry.text,
+            )
         else:
-            bind_op = DirOp(_derived(txn_id, "bind"), ACT_BIND, dst_parent.object_id, dst_name,
-                            entry.kind, entry.object_id, replace=replace)  # fmt: skip
+            bind_op = DirOp(
+                _derived(txn_id, "bind"),
+                ACT_BIND,
+                dst_parent.object_id,
+                dst_name,
+                entry.kind,
+                entry.object_id,
+                replace=replace,
+            )
         await self._change(bind_op)
-        await self._change(DirOp(_derived(txn_id, "unbind"), ACT_UNBIND, entry.parent,
-                                 entry.name, entry.kind, entry.object_id))  # fmt: skip
+        await self._change(
+            DirOp(
+                _derived(txn_id, "unbind"),
+                ACT_UNBIND,
+                entry.parent,
+                entry.name,
+                entry.kind,
+                entry.object_id,
+            )
+        )
         return moved
 
     async def _home(self, oid: ObjectId) -> str:

@@ -255,8 +255,10 @@ class ComposeCluster:
     def admin(self) -> Identity:
         """The cluster's admin identity, which the first node made in the keys volume."""
         if self._admin is None:
-            source = ("import base64, json; print(json.dumps(base64.b64encode("
-                      "open('/keys/admin.id', 'rb').read()).decode()))")  # fmt: skip
+            source = (
+                "import base64, json; print(json.dumps(base64.b64encode("
+                "open('/keys/admin.id', 'rb').read()).decode()))"
+            )
             raw = base64.b64decode(self.exec_python(self.node_ids[0], source))
             self._admin = Identity.decode_secret(raw)
         return self._admin

@@ -59,8 +59,15 @@ def test_the_node_starts_in_a_container_with_only_defaults(docker_image: str) ->
 
 # keys a Swarm stack rejects or cannot honour; the equivalent check where the docker CLI
 # has no `docker stack config` looks for them in what compose makes of the files
-_NOT_FOR_SWARM = ("build:", "container_name:", "links:", "network_mode:", "extends:",
-                  "external_links:", "profiles:")  # fmt: skip
+_NOT_FOR_SWARM = (
+    "build:",
+    "container_name:",
+    "links:",
+    "network_mode:",
+    "extends:",
+    "external_links:",
+    "profiles:",
+)
 
 
 def _stack_config(*files: Path) -> str | None:

@@ -18,9 +18,12 @@ def test_the_cluster_demo_runs_every_step(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "DTWZ_NODE"}
     result = subprocess.run(
         [sys.executable, "-m", "examples.cluster_demo", "--data", str(data)],
-        cwd=REPO, capture_output=True, text=True, timeout=240,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=240,
         env={**env, "COLUMNS": "200", "TERM": "dumb"},
-    )  # fmt: skip
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     out = result.stdout
     for expected in (

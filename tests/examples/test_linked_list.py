@@ -75,9 +75,7 @@ def test_insert_prepend_and_remove(store: Store) -> None:
     linked.prepend(b"start")
     linked.append(b"end")
     assert values_of(linked) == [b"start", b"a", b"a2", b"b", b"c", b"d", b"end"]
-    assert [bytes(v) for v in reversed(linked)] == [
-        b"end", b"d", b"c", b"b", b"a2", b"a", b"start"
-    ]  # fmt: skip
+    assert [bytes(v) for v in reversed(linked)] == [b"end", b"d", b"c", b"b", b"a2", b"a", b"start"]
     head = linked.find(b"start")
     tail = linked.find(b"end")
     assert head is not None and tail is not None

@@ -26,8 +26,15 @@ from dtwz.graph.code import (
 SOURCE = "def walk(api, root, limit=10):\n    return [root.hex(), limit]\n"
 
 
-def raw(entry: bytes, source: bytes, *, magic: bytes = CODE_MAGIC, version: int = CODE_FORMAT,
-        entry_len: int | None = None, source_len: int | None = None) -> bytes:  # fmt: skip
+def raw(
+    entry: bytes,
+    source: bytes,
+    *,
+    magic: bytes = CODE_MAGIC,
+    version: int = CODE_FORMAT,
+    entry_len: int | None = None,
+    source_len: int | None = None,
+) -> bytes:
     """Code object bytes built by hand, lengths overridable."""
     header = struct.pack(
         "<8sHHI",
@@ -179,8 +186,9 @@ def _flips(original: bytearray) -> st.SearchStrategy[bytes]:
             out[at % len(out)] = value
         return bytes(out)
 
-    return st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), min_size=1,
-                    max_size=8).map(flip)  # fmt: skip
+    return st.lists(
+        st.tuples(st.integers(0, 10_000), st.integers(0, 255)), min_size=1, max_size=8
+    ).map(flip)
 
 
 def _splices(original: bytearray) -> st.SearchStrategy[bytes]:

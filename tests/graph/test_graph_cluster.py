@@ -41,8 +41,10 @@ def clients(cluster3: LocalCluster) -> Iterator[dict[str, Client]]:
 
 
 def _items(clients: dict[str, Client], homes: list[str], start: int = 0) -> list[ObjectId]:
-    return [clients[h].create(SIZE, struct.pack("<QQQQ", start + i, 0, 0, 0))
-            for i, h in enumerate(homes)]  # fmt: skip
+    return [
+        clients[h].create(SIZE, struct.pack("<QQQQ", start + i, 0, 0, 0))
+        for i, h in enumerate(homes)
+    ]
 
 
 def _link(client: Client, source: ObjectId, target: ObjectId, at: int = NEXT) -> None:
@@ -86,8 +88,13 @@ def test_a_walk_of_a_shared_diamond_and_limits(clients: dict[str, Client]) -> No
     _link(n2, d, a)  # and back to the top
     g = n2.walk(a)
     assert sorted(g.nodes) == sorted(x.hex() for x in (a, b, c, d))
-    assert set(g.edges) == {(a.hex(), b.hex()), (a.hex(), c.hex()), (b.hex(), d.hex()),
-                            (c.hex(), d.hex()), (d.hex(), a.hex())}  # fmt: skip
+    assert set(g.edges) == {
+        (a.hex(), b.hex()),
+        (a.hex(), c.hex()),
+        (b.hex(), d.hex()),
+        (c.hex(), d.hex()),
+        (d.hex(), a.hex()),
+    }
     assert g.nodes[d.hex()]["depth"] == 2
 
     shallow = n2.walk(a, depth=1)
@@ -189,8 +196,9 @@ def test_colocation_lowers_the_cross_node_pointers(clients: dict[str, Client]) -
     for members in groups:  # each group ends on one node, and its bytes are intact
         assert len({after.nodes[m.hex()]["home"] for m in members}) == 1
         for i, m in enumerate(members):
-            assert clients["n3"].read(m, DATA_START, 8) == struct.pack("<Q", 100 * groups.index(
-                members) + i)  # fmt: skip
+            assert clients["n3"].read(m, DATA_START, 8) == struct.pack(
+                "<Q", 100 * groups.index(members) + i
+            )
 
 
 def _total(api: object, root: object) -> int:
@@ -252,8 +260,9 @@ def test_the_web_view_and_the_cli_draw_the_graph(
     url = clients["n1"].url
     runner = CliRunner()
     out = tmp_path / "g.json"
-    result = runner.invoke(cli, ["graph", "--node", url, ids[0].hex(), "--format", "json",
-                                 "-o", str(out)])  # fmt: skip
+    result = runner.invoke(
+        cli, ["graph", "--node", url, ids[0].hex(), "--format", "json", "-o", str(out)]
+    )
     assert result.exit_code == 0, result.output
     doc = json.loads(out.read_text())
     assert {n["id"] for n in doc["nodes"]} == {o.hex() for o in ids}
@@ -266,8 +275,10 @@ def test_the_web_view_and_the_cli_draw_the_graph(
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["objects"] == 3
 
-    result = runner.invoke(cli, ["graph", "--node", url, "migrate", ids[0].hex(), "--to", "n2",
-                                 "--reachable", "--json"])  # fmt: skip
+    result = runner.invoke(
+        cli,
+        ["graph", "--node", url, "migrate", ids[0].hex(), "--to", "n2", "--reachable", "--json"],
+    )
     assert result.exit_code == 0, result.output
     assert {a["home"] for _, a in clients["n3"].walk(ids[0]).nodes(data=True)} == {"n2"}
 

@@ -49,8 +49,10 @@ def test_a_migration_under_concurrent_writes_loses_none(
                     acked.append(value)
                 i += 1
 
-    threads = [threading.Thread(target=writer, args=(n, k << 32)) for k, n in
-               enumerate(["n1", "n2", "n3", "n1"])]  # fmt: skip
+    threads = [
+        threading.Thread(target=writer, args=(n, k << 32))
+        for k, n in enumerate(["n1", "n2", "n3", "n1"])
+    ]
     for t in threads:
         t.start()
     try:
@@ -130,8 +132,10 @@ def test_a_group_from_several_homes_arrives_whole(cluster3: LocalCluster) -> Non
     """One call moving objects of three homes: three moves, none taken for a retry
     of another (each object is at the new home with its bytes, none is lost)."""
     with cluster3.client("n1") as n1:
-        ids = [n1.create(8192, f"item {i}".encode(), node=home)
-               for i, home in enumerate(["n1", "n2", "n3", "n1"])]  # fmt: skip
+        ids = [
+            n1.create(8192, f"item {i}".encode(), node=home)
+            for i, home in enumerate(["n1", "n2", "n3", "n1"])
+        ]
         objects_before = _objects_per_node(cluster3)
         n1.migrate(ids, "n2")
         for i, oid in enumerate(ids):

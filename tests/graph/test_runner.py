@@ -83,8 +83,14 @@ def non_json(api, root, kind):  # type: ignore[no-untyped-def]
         def items(self):  # type: ignore[no-untyped-def]
             raise KeyError("gotcha")
 
-    return {"bytes": b"raw", "nan": float("nan"), "object": object(), "view": api.get(root).view,
-            "huge": "x" * (65 << 20), "sly": Sly(a=1)}[kind]  # fmt: skip
+    return {
+        "bytes": b"raw",
+        "nan": float("nan"),
+        "object": object(),
+        "view": api.get(root).view,
+        "huge": "x" * (65 << 20),
+        "sly": Sly(a=1),
+    }[kind]
 
 
 def die(api, root, status):  # type: ignore[no-untyped-def]
@@ -281,8 +287,12 @@ async def remote_node(tmp_path: Path) -> AsyncIterator[tuple[str, Store, list[tu
         header = ObjectHeader.decode(obj.view[:HEADER_RECORD_SIZE])
         data = bytes(obj.view[DATA_START : header.data_end])
         fot = bytes(obj.view[header.fot_start : header.max_size])
-        headers = {"X-Dtwz-Version": str(header.version), "X-Dtwz-Home": "n2",
-                   "X-Dtwz-Data-Len": str(len(data)), "X-Dtwz-Fot-Len": str(len(fot))}  # fmt: skip
+        headers = {
+            "X-Dtwz-Version": str(header.version),
+            "X-Dtwz-Home": "n2",
+            "X-Dtwz-Data-Len": str(len(data)),
+            "X-Dtwz-Fot-Len": str(len(fot)),
+        }
         body = bytes(obj.view[:HEADER_RECORD_SIZE]) + data + fot
         return web.Response(body=body, headers=headers)
 

@@ -45,8 +45,9 @@ class Objects:
 
 
 def make_access(objects: Objects) -> Access:
-    admitted = Admitted(ADMIN.kuid, {i.kuid: i.public_key for i in (ADMIN, NODE)},
-                        frozenset({NODE.kuid}), b"", {})  # fmt: skip
+    admitted = Admitted(
+        ADMIN.kuid, {i.kuid: i.public_key for i in (ADMIN, NODE)}, frozenset({NODE.kuid}), b"", {}
+    )
     keys = KeyRing(admitted.trusted, objects.read_key)
     keys.add(OWNER.public_key)
     return Access("n1", admitted, keys, objects.header_of)
@@ -67,8 +68,9 @@ ROWS = [  # who, object's default protections, rights asked, capability rights, 
 
 
 @pytest.mark.parametrize(("who", "prot", "asked", "cap_rights", "allowed"), ROWS)
-async def test_the_access_rule(who: Identity, prot: int, asked: Rights,
-                               cap_rights: Rights | None, allowed: bool) -> None:  # fmt: skip
+async def test_the_access_rule(
+    who: Identity, prot: int, asked: Rights, cap_rights: Rights | None, allowed: bool
+) -> None:
     objects = Objects()
     access = make_access(objects)
     oid = objects.add(OWNER.kuid, prot)
@@ -102,8 +104,9 @@ async def test_a_capability_for_another_object_or_outside_its_gate_does_not_coun
     oid, elsewhere = objects.add(OWNER.kuid, 0), objects.add(OWNER.kuid, 0)
     expiry = int(time.time()) + 60
     with pytest.raises(AccessDenied, match="no capability"):
-        await access.check(OTHER.kuid, oid, READ, [grant(OWNER, elsewhere, OTHER.kuid, READ,
-                                                         expiry)])  # fmt: skip
+        await access.check(
+            OTHER.kuid, oid, READ, [grant(OWNER, elsewhere, OTHER.kuid, READ, expiry)]
+        )
     gated = grant(OWNER, oid, OTHER.kuid, READ, expiry, Gate(0x1000, 16))
     await access.check(OTHER.kuid, oid, READ, [gated], 0x1000, 16)
     with pytest.raises(AccessDenied, match="gate"):
@@ -122,8 +125,10 @@ async def test_requests_are_signed_by_a_known_key() -> None:
         await access.authenticate(headers, "GET", path, digest)
     # the request that stores a key brings the key itself
     again = sign_request(stranger, "POST", "/keys", digest, time.time(), audience="n1")
-    assert await access.authenticate(again, "POST", "/keys", digest,
-                                     stranger.public_key) == stranger.kuid  # fmt: skip
+    assert (
+        await access.authenticate(again, "POST", "/keys", digest, stranger.public_key)
+        == stranger.kuid
+    )
     objects.keys[OWNER.kuid] = OTHER.record.encode()  # a node serving the wrong key
     ring = KeyRing({}, objects.read_key)
     assert not await ring.load(OWNER.kuid)

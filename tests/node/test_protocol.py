@@ -295,7 +295,10 @@ TABLE: list[tuple[Message, int, bool, list[str]]] = [
     ),
     (
         MigrateIn(
-            b"\xaa", 2, [ObjectImage(OID, 1, b"\x01")], ["n3"],
+            b"\xaa",
+            2,
+            [ObjectImage(OID, 1, b"\x01")],
+            ["n3"],
             [AppliedTxn(b"\xbb", [5], [ObjectVersion(OID, 1)])],
         ),
         19,

@@ -34,8 +34,15 @@ from dtwz.resolver.namespace import ACT_BIND, ACT_SYMLINK
 
 def config(node_id: str, data: Path, seeds: list[str]) -> NodeConfig:
     peer, http = free_ports(2)
-    return NodeConfig(node_id=node_id, data_dir=data / node_id, peer_port=peer, http_port=http,
-                      seeds=seeds, durable=False, keys_dir=data / "keys")  # fmt: skip
+    return NodeConfig(
+        node_id=node_id,
+        data_dir=data / node_id,
+        peer_port=peer,
+        http_port=http,
+        seeds=seeds,
+        durable=False,
+        keys_dir=data / "keys",
+    )
 
 
 async def both_alive(a: Node, b: Node) -> None:

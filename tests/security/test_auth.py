@@ -56,8 +56,18 @@ def accept(
 
 def test_canonical_string_is_the_documented_one() -> None:
     message = canonical_request("PUT", PATH, BODY, NOW, NONCE, ALICE.kuid, "node-b")
-    expected = "\n".join(["dtwz-request-v1", "PUT", PATH, hashlib.sha256(b"payload").hexdigest(),
-                          str(NOW), NONCE.hex(), ALICE.kuid.hex(), "node-b"])  # fmt: skip
+    expected = "\n".join(
+        [
+            "dtwz-request-v1",
+            "PUT",
+            PATH,
+            hashlib.sha256(b"payload").hexdigest(),
+            str(NOW),
+            NONCE.hex(),
+            ALICE.kuid.hex(),
+            "node-b",
+        ]
+    )
     assert message == expected.encode("ascii")
 
 
@@ -100,8 +110,9 @@ def test_a_replay_is_refused() -> None:
     accept(verifier, signed(BOB, nonce=NONCE))  # nonces are per key
 
 
-@pytest.mark.parametrize(("age", "message"), [(61, "61 s old"), (3600, "old"),
-                                              (-61, "future"), (-3600, "future")])  # fmt: skip
+@pytest.mark.parametrize(
+    ("age", "message"), [(61, "61 s old"), (3600, "old"), (-61, "future"), (-3600, "future")]
+)
 def test_stale_and_future_timestamps_are_refused(age: int, message: str) -> None:
     with pytest.raises(ReplayedRequest, match=message):
         accept(RequestVerifier(window_s=60), signed(now=NOW - age))
@@ -175,8 +186,11 @@ def test_malformed_headers_are_refused(header: str, value: str) -> None:
 
 
 def test_malformed_requests_are_refused_not_crashed() -> None:
-    changes: list[dict[str, Any]] = [{"path": "/a\nb"}, {"method": "get"},
-                                     {"body_digest": b"short"}]  # fmt: skip
+    changes: list[dict[str, Any]] = [
+        {"path": "/a\nb"},
+        {"method": "get"},
+        {"body_digest": b"short"},
+    ]
     for change in changes:
         with pytest.raises(AccessDenied, match="malformed signed request"):
             accept(RequestVerifier(), signed(), **change)

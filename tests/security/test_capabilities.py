@@ -70,8 +70,13 @@ def check(cap: Capability, **overrides: Any) -> None:
 
 def signed(signer: Identity, **fields: Any) -> Capability:
     """A link signed by ``signer`` with no checks at all: what an attacker can build."""
-    base: dict[str, Any] = {"target": TARGET, "rights": Rights.READ, "expiry": LATER,
-                            "issuer": signer.kuid, "signature": bytes(64)}  # fmt: skip
+    base: dict[str, Any] = {
+        "target": TARGET,
+        "rights": Rights.READ,
+        "expiry": LATER,
+        "issuer": signer.kuid,
+        "signature": bytes(64),
+    }
     unsigned = Capability(**{**base, **fields})
     return dataclasses.replace(unsigned, signature=signer.sign(unsigned.signed_message))
 
@@ -79,8 +84,9 @@ def signed(signer: Identity, **fields: Any) -> Capability:
 def chain3(gate: Gate | None = None) -> Capability:
     """owner -> alice (all) -> bob (r,w,d) -> carol (r)."""
     root = grant(OWNER, TARGET, ALICE.kuid, ALL, LATER + 100, gate)
-    middle = delegate(ALICE, root, BOB.kuid, Rights.READ | Rights.WRITE | Rights.DELEGATE,
-                      LATER + 50)  # fmt: skip
+    middle = delegate(
+        ALICE, root, BOB.kuid, Rights.READ | Rights.WRITE | Rights.DELEGATE, LATER + 50
+    )
     return delegate(BOB, middle, CAROL.kuid, Rights.READ, LATER)
 
 
@@ -92,9 +98,16 @@ def reference_encoding(cap: Capability) -> bytes:
     parent = reference_encoding(cap.parent) if cap.parent else b""
     flags = (1 if cap.gate else 0) | (2 if cap.parent else 0)
     gate = struct.pack("<QQ", cap.gate.offset, cap.gate.length) if cap.gate else bytes(16)
-    fixed = (b"DCAP" + bytes([1, flags, int(cap.rights), 0]) + cap.target + cap.accessor
-             + cap.issuer + struct.pack("<Q", cap.expiry) + gate
-             + struct.pack("<I", len(parent)))  # fmt: skip
+    fixed = (
+        b"DCAP"
+        + bytes([1, flags, int(cap.rights), 0])
+        + cap.target
+        + cap.accessor
+        + cap.issuer
+        + struct.pack("<Q", cap.expiry)
+        + gate
+        + struct.pack("<I", len(parent))
+    )
     assert len(fixed) == 84
     return fixed + parent + cap.signature
 
@@ -112,9 +125,14 @@ def test_encoding_is_the_documented_one() -> None:
 def test_signatures_are_deterministic_and_pinned() -> None:
     cap = grant(OWNER, TARGET, ALICE.kuid, Rights.READ, 1)
     assert cap.encode()[:84].hex() == (
-        "4443415001000100" + TARGET.hex() + ALICE.kuid.hex() + OWNER.kuid.hex()
-        + "0100000000000000" + "00" * 16 + "00000000"
-    )  # fmt: skip
+        "4443415001000100"
+        + TARGET.hex()
+        + ALICE.kuid.hex()
+        + OWNER.kuid.hex()
+        + "0100000000000000"
+        + "00" * 16
+        + "00000000"
+    )
     assert grant(OWNER, TARGET, ALICE.kuid, Rights.READ, 1) == cap  # Ed25519 is deterministic
 
 
@@ -192,8 +210,16 @@ def test_decode_bounds_the_chain_length() -> None:
         delegate(holders[MAX_CHAIN % 2 - 1], cap, ALICE.kuid, ALL, LATER)
     # an attacker's hand-made 9-link blob: refused before any recursion limit
     raw = cap.encode()
-    deeper = (b"DCAP" + bytes([1, 2, 1, 0]) + bytes(48) + bytes(8) + bytes(16)
-              + struct.pack("<I", len(raw)) + raw + bytes(64))  # fmt: skip
+    deeper = (
+        b"DCAP"
+        + bytes([1, 2, 1, 0])
+        + bytes(48)
+        + bytes(8)
+        + bytes(16)
+        + struct.pack("<I", len(raw))
+        + raw
+        + bytes(64)
+    )
     with pytest.raises(InvalidCapability, match="longer than"):
         Capability.decode(deeper)
 
@@ -264,8 +290,11 @@ TAMPERS: dict[str, Any] = {
 @pytest.mark.parametrize("field", sorted(TAMPERS))
 @pytest.mark.parametrize("depth", [1, 3])
 def test_tampering_with_any_field_is_caught(field: str, depth: int) -> None:
-    good = (grant(OWNER, TARGET, ALICE.kuid, Rights.READ, LATER, Gate(0x1000, 64))
-            if depth == 1 else chain3(Gate(0x1000, 64)))  # fmt: skip
+    good = (
+        grant(OWNER, TARGET, ALICE.kuid, Rights.READ, LATER, Gate(0x1000, 64))
+        if depth == 1
+        else chain3(Gate(0x1000, 64))
+    )
     bad = dataclasses.replace(good, **{field: TAMPERS[field]})
     assert bad != good
     # ask for exactly what the tampered capability claims, so only signatures can tell
@@ -286,8 +315,7 @@ def test_tampering_with_the_embedded_parent_is_caught() -> None:
     wider_parent = dataclasses.replace(good.parent, expiry=good.parent.expiry + 1)
     with pytest.raises(InvalidCapability, match="bad signature"):
         check(dataclasses.replace(good, parent=wider_parent))
-    swapped = dataclasses.replace(good, parent=delegate(ALICE, good.chain[0], BOB.kuid, ALL,
-                                                        LATER))  # fmt: skip
+    swapped = dataclasses.replace(good, parent=delegate(ALICE, good.chain[0], BOB.kuid, ALL, LATER))
     with pytest.raises(InvalidCapability, match="bad signature on link 3"):
         check(swapped)
 
@@ -302,8 +330,9 @@ def test_expiry() -> None:
 
 
 def test_delegate_refuses_to_widen() -> None:
-    root = grant(OWNER, TARGET, ALICE.kuid, Rights.READ | Rights.DELEGATE, LATER,
-                 Gate(0x1000, 0x100))  # fmt: skip
+    root = grant(
+        OWNER, TARGET, ALICE.kuid, Rights.READ | Rights.DELEGATE, LATER, Gate(0x1000, 0x100)
+    )
     with pytest.raises(InvalidArgument, match=re.escape("cannot delegate READ|WRITE")):
         delegate(ALICE, root, BOB.kuid, Rights.READ | Rights.WRITE, LATER)
     with pytest.raises(InvalidArgument, match="expires at"):
@@ -328,10 +357,12 @@ def test_delegate_refuses_to_widen() -> None:
     ],
 )
 def test_verify_refuses_a_hand_made_widening_link(fields: dict[str, Any], message: str) -> None:
-    root = grant(OWNER, TARGET, ALICE.kuid, Rights.READ | Rights.DELEGATE, LATER,
-                 Gate(0x1000, 0x100))  # fmt: skip
-    link = signed(ALICE, **{"accessor": BOB.kuid, "gate": Gate(0x1000, 0x10), "parent": root,
-                            **fields})  # fmt: skip
+    root = grant(
+        OWNER, TARGET, ALICE.kuid, Rights.READ | Rights.DELEGATE, LATER, Gate(0x1000, 0x100)
+    )
+    link = signed(
+        ALICE, **{"accessor": BOB.kuid, "gate": Gate(0x1000, 0x10), "parent": root, **fields}
+    )
     with pytest.raises(InvalidCapability, match=message):
         check(link, offset=0x1000, length=1, rights_needed=Rights.NONE)
 
@@ -424,9 +455,16 @@ def test_unknown_and_lying_keys() -> None:
 
 def test_constructor_validates_fields() -> None:
     good = grant(OWNER, TARGET, ALICE.kuid, ALL, LATER)
-    bad: list[tuple[str, Any]] = [("target", b"short"), ("rights", 0), ("rights", 16),
-                                  ("expiry", -1), ("expiry", 1 << 64), ("signature", bytes(63)),
-                                  ("gate", (0, 1)), ("parent", b"x")]  # fmt: skip
+    bad: list[tuple[str, Any]] = [
+        ("target", b"short"),
+        ("rights", 0),
+        ("rights", 16),
+        ("expiry", -1),
+        ("expiry", 1 << 64),
+        ("signature", bytes(63)),
+        ("gate", (0, 1)),
+        ("parent", b"x"),
+    ]
     for field, value in bad:
         with pytest.raises(InvalidArgument):
             dataclasses.replace(good, **{field: value})
@@ -522,8 +560,10 @@ def test_the_cache_never_vouches_for_a_tampered_chain() -> None:
     cache = VerifiedCache()
     cap = chain3()
     check(cap, cache=cache)
-    for bad in [dataclasses.replace(cap, rights=Rights.READ | Rights.WRITE),
-                dataclasses.replace(cap, signature=bytes(64))]:  # fmt: skip
+    for bad in [
+        dataclasses.replace(cap, rights=Rights.READ | Rights.WRITE),
+        dataclasses.replace(cap, signature=bytes(64)),
+    ]:
         with pytest.raises(InvalidCapability, match="bad signature"):
             check(bad, cache=cache, rights_needed=Rights.READ)
 
@@ -554,8 +594,14 @@ def test_the_cache_is_a_bounded_lru() -> None:
 
 # --- no mutation of a capability's bytes is ever accepted ---------------------------------
 
-GOOD_ROOT = grant(OWNER, TARGET, ALICE.kuid, Rights.READ | Rights.WRITE | Rights.DELEGATE,
-                  LATER, Gate(0x1000, 0x1000))  # fmt: skip
+GOOD_ROOT = grant(
+    OWNER,
+    TARGET,
+    ALICE.kuid,
+    Rights.READ | Rights.WRITE | Rights.DELEGATE,
+    LATER,
+    Gate(0x1000, 0x1000),
+)
 GOOD_CHAIN = chain3(Gate(0x1000, 0x1000))
 SAMPLES = [GOOD_ROOT.encode(), GOOD_CHAIN.encode()]
 
@@ -566,10 +612,18 @@ def accepts(raw: bytes, cache: VerifiedCache | None = None) -> bool:
         cap = Capability.decode(raw)
         leaf = cap.chain[-1]
         gate = leaf.gate
-        verify(cap, target=leaf.target, accessor_kuid=leaf.accessor, rights_needed=leaf.rights,
-               offset=gate.offset if gate else None, length=gate.length if gate else None,
-               now=NOW, owner_kuid_of_target=OWNER.kuid, key_lookup=KEYS.__getitem__,
-               cache=cache)  # fmt: skip
+        verify(
+            cap,
+            target=leaf.target,
+            accessor_kuid=leaf.accessor,
+            rights_needed=leaf.rights,
+            offset=gate.offset if gate else None,
+            length=gate.length if gate else None,
+            now=NOW,
+            owner_kuid_of_target=OWNER.kuid,
+            key_lookup=KEYS.__getitem__,
+            cache=cache,
+        )
     except AccessDenied:
         return False
     return True

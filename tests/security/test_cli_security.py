@@ -36,8 +36,9 @@ def ok(result: Result) -> str:
     return result.output.strip()
 
 
-def test_identities_grants_and_delegation_from_the_cli(cluster: LocalCluster,
-                                                       tmp_path: Path) -> None:  # fmt: skip
+def test_identities_grants_and_delegation_from_the_cli(
+    cluster: LocalCluster, tmp_path: Path
+) -> None:
     url = cluster.node("n1").url
     files = {who: tmp_path / f"{who}.id" for who in ("alice", "bob", "carol")}
     kuids = {}
@@ -48,14 +49,39 @@ def test_identities_grants_and_delegation_from_the_cli(cluster: LocalCluster,
         assert shown["kuid"] == made["kuid"] and shown["label"] == who
         kuids[who] = made["kuid"]
 
-    created = ok(run("remote", "--node", url, "create", "--size", "8K", "--prot", "none",
-                     "--data", "for alice only", "--json", identity=files["alice"]))  # fmt: skip
+    created = ok(
+        run(
+            "remote",
+            "--node",
+            url,
+            "create",
+            "--size",
+            "8K",
+            "--prot",
+            "none",
+            "--data",
+            "for alice only",
+            "--json",
+            identity=files["alice"],
+        )
+    )
     oid = json.loads(created)["object_id"]
     denied = run("remote", "--node", url, "get", oid, identity=files["bob"])
     assert denied.exit_code != 0 and "may not READ" in denied.output
 
-    cap = ok(run("cap", "grant", oid, "--to", kuids["bob"], "--rights", "rd",
-                 "--identity", str(files["alice"])))  # fmt: skip
+    cap = ok(
+        run(
+            "cap",
+            "grant",
+            oid,
+            "--to",
+            kuids["bob"],
+            "--rights",
+            "rd",
+            "--identity",
+            str(files["alice"]),
+        )
+    )
     shown = json.loads(ok(run("cap", "show", cap, "--json")))
     assert shown["target"] == oid and shown["accessor"] == kuids["bob"]
     assert shown["rights"] == "READ|DELEGATE" and 3500 < shown["expires_in"] <= 3600
@@ -63,14 +89,35 @@ def test_identities_grants_and_delegation_from_the_cli(cluster: LocalCluster,
     got = run("remote", "--node", url, "--capability", cap, "get", oid, identity=files["bob"])
     assert ok(got) == "for alice only"
 
-    onward = ok(run("cap", "delegate", cap, "--to", kuids["carol"], "--rights", "r",
-                    "--expires", "60", "--identity", str(files["bob"])))  # fmt: skip
+    onward = ok(
+        run(
+            "cap",
+            "delegate",
+            cap,
+            "--to",
+            kuids["carol"],
+            "--rights",
+            "r",
+            "--expires",
+            "60",
+            "--identity",
+            str(files["bob"]),
+        )
+    )
     assert json.loads(ok(run("cap", "show", onward, "--json")))["links"] == 2
-    got = run("remote", "--node", url, "--capability", onward, "get", oid,
-              identity=files["carol"])  # fmt: skip
+    got = run("remote", "--node", url, "--capability", onward, "get", oid, identity=files["carol"])
     assert ok(got) == "for alice only"
-    widened = run("cap", "delegate", onward, "--to", kuids["bob"], "--rights", "rw",
-                  "--identity", str(files["carol"]))  # fmt: skip
+    widened = run(
+        "cap",
+        "delegate",
+        onward,
+        "--to",
+        kuids["bob"],
+        "--rights",
+        "rw",
+        "--identity",
+        str(files["carol"]),
+    )
     assert widened.exit_code != 0
 
 
@@ -79,11 +126,36 @@ def test_revoking_is_letting_it_expire(cluster: LocalCluster, tmp_path: Path) ->
     alice, bob = tmp_path / "alice.id", tmp_path / "bob.id"
     ok(run("identity", "new", str(alice)))
     bob_kuid = json.loads(ok(run("identity", "new", str(bob), "--json")))["kuid"]
-    created = run("remote", "--node", url, "create", "--size", "8K", "--prot", "none",
-                  "--data", "x", "--json", identity=alice)  # fmt: skip
+    created = run(
+        "remote",
+        "--node",
+        url,
+        "create",
+        "--size",
+        "8K",
+        "--prot",
+        "none",
+        "--data",
+        "x",
+        "--json",
+        identity=alice,
+    )
     oid = json.loads(ok(created))["object_id"]
-    cap = ok(run("cap", "grant", oid, "--to", bob_kuid, "--rights", "r", "--expires", "1",
-                 "--identity", str(alice)))  # fmt: skip
+    cap = ok(
+        run(
+            "cap",
+            "grant",
+            oid,
+            "--to",
+            bob_kuid,
+            "--rights",
+            "r",
+            "--expires",
+            "1",
+            "--identity",
+            str(alice),
+        )
+    )
     time.sleep(2.1)
     assert "EXPIRED" in ok(run("cap", "show", cap))
     refused = run("cap", "verify", cap, "--node", url)

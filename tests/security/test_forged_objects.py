@@ -52,8 +52,17 @@ class _Node:
 
 def _with_header(reply: ObjectData, header: ObjectHeader) -> ObjectData:
     record = header.encode().ljust(HEADER_RECORD_SIZE, b"\0")[:HEADER_RECORD_SIZE]
-    return ObjectData(reply.object_id, reply.version, reply.max_size, reply.data_end,
-                      reply.fot_start, reply.offset, record, reply.data, reply.fot)  # fmt: skip
+    return ObjectData(
+        reply.object_id,
+        reply.version,
+        reply.max_size,
+        reply.data_end,
+        reply.fot_start,
+        reply.offset,
+        record,
+        reply.data,
+        reply.fot,
+    )
 
 
 def _prot_flipped(reply: ObjectData) -> ObjectData:
@@ -69,8 +78,9 @@ async def _pair(
     ids = [(await home.create(8192, 3, 3, b"genuine")).object_id for _ in range(2)]
     fetching_node = _Node("fetcher", "home", forge)
     fetching_node.other = home
-    fetcher = ObjectService(Store.open(tmp_path / "fetcher", create=True, durable=False),
-                            fetching_node)  # fmt: skip
+    fetcher = ObjectService(
+        Store.open(tmp_path / "fetcher", create=True, durable=False), fetching_node
+    )
     return home, fetcher, ids
 
 

@@ -74,8 +74,9 @@ def test_a_key_object_header_checks_like_any_other() -> None:
     key = Identity.generate().public_key
     nonce = key_object_nonce(key)
     assert derive_object_id(nonce, ZERO_ID, KEY_OBJECT_FLAGS, KEY_OBJECT_PROT) == key.kuid
-    header = ObjectHeader(key.kuid, nonce, bytes(ZERO_ID), ObjectFlags.IMMUTABLE,
-                          Protection.READ, 13, data_len=60)  # fmt: skip
+    header = ObjectHeader(
+        key.kuid, nonce, bytes(ZERO_ID), ObjectFlags.IMMUTABLE, Protection.READ, 13, data_len=60
+    )
     assert ObjectHeader.decode(header.encode()) == header
 
 

@@ -72,10 +72,27 @@ def test_a_node_with_an_unknown_key_cannot_join(
     shutil.copy2(cluster.keys_dir / keyfiles.CURVE_SERVER_FILE, keys / keyfiles.CURVE_SERVER_FILE)
     http_port, peer_port = free_ports(2)
     log = (tmp_path / "intruder.log").open("wb")
-    argv = [sys.executable, "-m", "dtwz", "node", "run", "--node-id", "intruder",
-            "--data-dir", str(tmp_path / "intruder"), "--bind-host", HOST,
-            "--peer-port", str(peer_port), "--http-port", str(http_port),
-            "--seeds", cluster.seeds[0], "--keys-dir", str(keys)]  # fmt: skip
+    argv = [
+        sys.executable,
+        "-m",
+        "dtwz",
+        "node",
+        "run",
+        "--node-id",
+        "intruder",
+        "--data-dir",
+        str(tmp_path / "intruder"),
+        "--bind-host",
+        HOST,
+        "--peer-port",
+        str(peer_port),
+        "--http-port",
+        str(http_port),
+        "--seeds",
+        cluster.seeds[0],
+        "--keys-dir",
+        str(keys),
+    ]
     proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
     try:
         url = f"http://{HOST}:{http_port}"

@@ -50,12 +50,12 @@ class People:
 
 @pytest.fixture(scope="module")
 def people() -> People:
-    return People(Identity.generate("alice"), Identity.generate("bob"),
-                  Identity.generate("carol"))  # fmt: skip
+    return People(Identity.generate("alice"), Identity.generate("bob"), Identity.generate("carol"))
 
 
-def client_as(cluster: LocalCluster, who: Identity | None, node: str = "n1",
-              *caps: Capability) -> Client:  # fmt: skip
+def client_as(
+    cluster: LocalCluster, who: Identity | None, node: str = "n1", *caps: Capability
+) -> Client:
     client = Client(cluster.node(node).url, identity=who, audience=node, timeout=10.0)
     for cap in caps:
         client.add_capability(cap)
@@ -108,8 +108,9 @@ def test_a_request_signed_for_another_node_is_refused(sec: LocalCluster, people:
         client.create(8192, b"x")
 
 
-def _raw(cluster: LocalCluster, method: str, path: str, body: bytes,
-         headers: dict[str, str]) -> tuple[int, bytes]:  # fmt: skip
+def _raw(
+    cluster: LocalCluster, method: str, path: str, body: bytes, headers: dict[str, str]
+) -> tuple[int, bytes]:
     url = urlsplit(cluster.node("n1").url)
     conn = http.client.HTTPConnection(url.hostname or "", url.port, timeout=10)
     try:
@@ -126,8 +127,7 @@ def test_a_replayed_request_is_refused_and_changes_nothing(
     oid = private_object(sec, people.alice)
     path = f"/objects/{oid.hex()}/data?offset={DATA_START}"
     body = b"first"
-    headers = sign_request(people.alice, "PUT", path, body_sha256(body), time.time(),
-                           audience="n1")  # fmt: skip
+    headers = sign_request(people.alice, "PUT", path, body_sha256(body), time.time(), audience="n1")
     assert _raw(sec, "PUT", path, body, headers)[0] == 200
     after_first = state(sec, oid)
     with client_as(sec, people.alice) as alice:
@@ -137,13 +137,15 @@ def test_a_replayed_request_is_refused_and_changes_nothing(
     assert state(sec, oid)[0].startswith(b"later")
     assert state(sec, oid)[1] == after_first[1] + 1
     # a tampered body under the first signature is refused too
-    fresh = sign_request(people.alice, "PUT", path, body_sha256(b"good"), time.time(),
-                         audience="n1")  # fmt: skip
+    fresh = sign_request(
+        people.alice, "PUT", path, body_sha256(b"good"), time.time(), audience="n1"
+    )
     status, answer = _raw(sec, "PUT", path, b"evil", fresh)
     assert status == 403 and b"bad request signature" in answer
     # and so is a stale one
-    old = sign_request(people.alice, "PUT", path, body_sha256(body), time.time() - 600,
-                       audience="n1")  # fmt: skip
+    old = sign_request(
+        people.alice, "PUT", path, body_sha256(body), time.time() - 600, audience="n1"
+    )
     status, answer = _raw(sec, "PUT", path, body, old)
     assert status == 401 and b"ReplayedRequest" in answer
     assert state(sec, oid)[0].startswith(b"later")
@@ -237,15 +239,27 @@ def test_bad_capabilities_are_refused_and_change_nothing(sec: LocalCluster, peop
     raw[6] = int(rw | Rights.EXEC)  # rights field, signature unchanged
     tampered = Capability.decode(bytes(raw))
     cases: list[tuple[str, Capability, Identity, type[AccessDenied]]] = [
-        ("expired", grant(people.alice, oid, people.bob.kuid, rw, int(time.time()) - 1),
-         people.bob, CapabilityExpired),
-        ("forged by a non-owner", grant(people.bob, oid, people.bob.kuid, rw, expiry()),
-         people.bob, InvalidCapability),
+        (
+            "expired",
+            grant(people.alice, oid, people.bob.kuid, rw, int(time.time()) - 1),
+            people.bob,
+            CapabilityExpired,
+        ),
+        (
+            "forged by a non-owner",
+            grant(people.bob, oid, people.bob.kuid, rw, expiry()),
+            people.bob,
+            InvalidCapability,
+        ),
         ("tampered", tampered, people.bob, InvalidCapability),
         ("for someone else", good, people.carol, AccessDenied),
-        ("for another object", grant(people.alice, private_object(sec, people.alice),
-                                     people.bob.kuid, rw, expiry()), people.bob, AccessDenied),
-    ]  # fmt: skip
+        (
+            "for another object",
+            grant(people.alice, private_object(sec, people.alice), people.bob.kuid, rw, expiry()),
+            people.bob,
+            AccessDenied,
+        ),
+    ]
     before = state(sec, oid)
     for what, cap, user, error in cases:
         with client_as(sec, user, "n2", cap) as client:
@@ -263,8 +277,9 @@ def test_delegation_narrows_and_cannot_widen(sec: LocalCluster, people: People) 
     with client_as(sec, people.carol, "n2", to_carol) as carol:
         assert carol.read(oid, DATA_START, 4, latest=True) == b"0123"
     # bob signs a link that widens READ to WRITE, bypassing delegate()'s own check
-    widened = _sign(people.bob, oid, people.carol.kuid, Rights.READ | Rights.WRITE, expiry(60),
-                    None, to_bob)  # fmt: skip
+    widened = _sign(
+        people.bob, oid, people.carol.kuid, Rights.READ | Rights.WRITE, expiry(60), None, to_bob
+    )
     before = state(sec, oid)
     with (
         client_as(sec, people.carol, "n1", widened) as carol,

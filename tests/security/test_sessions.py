@@ -58,8 +58,9 @@ def test_a_changed_request_or_a_wrong_key_is_refused(change: str) -> None:
     used_key = os.urandom(32) if change == "key" else key
     headers = mac_request(session_id, used_key, "GET", "/x", DIGEST, now, audience="n1")
     if change == "mac":
-        headers[SIGNATURE_HEADER] = ("0" if headers[SIGNATURE_HEADER][0] != "0" else "1") + \
-            headers[SIGNATURE_HEADER][1:]  # fmt: skip
+        headers[SIGNATURE_HEADER] = ("0" if headers[SIGNATURE_HEADER][0] != "0" else "1") + headers[
+            SIGNATURE_HEADER
+        ][1:]
     path = "/y" if change == "path" else "/x"
     digest = body_sha256(b"other") if change == "body" else DIGEST
     session = table.lookup(session_id, now)
@@ -108,8 +109,7 @@ def test_clients_work_in_sessions_and_reopen_a_lost_one(cluster: LocalCluster) -
         # a session the node does not have (expired, or the node restarted): reopened
         client._session = (ObjectId(os.urandom(16)), os.urandom(32), time.time() + 300)
         assert client.read(oid, DATA_START, 12, latest=True) == b"in a session"
-        assert client.cluster_status()["access"]["sessions_opened"] == \
-            after["sessions_opened"] + 1  # fmt: skip
+        assert client.cluster_status()["access"]["sessions_opened"] == after["sessions_opened"] + 1
     # someone else's session ID with a key of one's own gets nothing
     with Client(url, identity=Identity.generate("mallory"), audience="n1") as mallory:
         assert client._session is not None
