@@ -53,17 +53,17 @@ from rich.console import Console
 from bench.common import check_dir, parser, scratch_dir
 from bench.report import Report, Row, Target
 from bench.timing import Batch, Timing, measure, run_concurrently
-from dtwz import keyfiles
-from dtwz.auth import body_sha256, sign_request
-from dtwz.cluster import free_ports
-from dtwz.ids import ObjectId
-from dtwz.keys import Identity
-from dtwz.layout import DATA_START
+from dtwz.format.ids import ObjectId
+from dtwz.format.layout import DATA_START
 from dtwz.node.config import NodeConfig
-from dtwz.node.protocol import Create, Created, HomeRecord
+from dtwz.node.launcher import free_ports
 from dtwz.node.server import Node
-from dtwz.resolver.directory import LocationCache
+from dtwz.resolver.locations import LocationCache
 from dtwz.resolver.membership import MemberState
+from dtwz.security import keyfiles
+from dtwz.security.auth import body_sha256, sign_request
+from dtwz.security.keys import Identity
+from dtwz.wire.protocol import Create, Created, HomeRecord
 
 _LOG = Console(stderr=True)
 _HOST = "127.0.0.1"

@@ -36,11 +36,11 @@ from rich.console import Console
 from bench.common import check_dir, parser, scratch_dir
 from bench.report import Report, Row, Target
 from bench.timing import Timing
-from dtwz import cluster as local_cluster
-from dtwz.ids import ObjectId
-from dtwz.layout import DATA_START
-from dtwz.node.objects import StoredObject
-from dtwz.node.store import Store
+from dtwz.format.ids import ObjectId
+from dtwz.format.layout import DATA_START
+from dtwz.node import launcher as local_cluster
+from dtwz.store.objects import StoredObject
+from dtwz.store.store import Store
 
 _LOG = Console(stderr=True)
 ITEM_SIZE = 8192

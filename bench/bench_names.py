@@ -37,14 +37,14 @@ from bench.bench_cluster import LoopThread, start_node_a
 from bench.common import check_dir, parser, scratch_dir
 from bench.report import Report, Row
 from bench.timing import measure_interleaved
-from dtwz import keyfiles
-from dtwz.client import Client
-from dtwz.cluster import free_ports
-from dtwz.ids import ObjectId
-from dtwz.keys import Identity
+from dtwz.client.api import Client
+from dtwz.format.ids import ObjectId
 from dtwz.node.config import NodeConfig
+from dtwz.node.launcher import free_ports
 from dtwz.node.server import Node
 from dtwz.resolver.membership import MemberState
+from dtwz.security import keyfiles
+from dtwz.security.keys import Identity
 
 _LOG = Console(stderr=True)
 _HOST = "127.0.0.1"

@@ -43,8 +43,8 @@ from bench.report import Report, Row, Target
 from bench.timing import measure
 from dtwz import ObjectId, Store
 from dtwz.errors import TransactionConflict
-from dtwz.layout import DATA_START
-from dtwz.node.redo import WriteOp, decode_log
+from dtwz.format.layout import DATA_START
+from dtwz.store.redo import WriteOp, decode_log
 
 _LOG = Console(stderr=True)
 _BUILD_BATCH = 1000

@@ -38,13 +38,21 @@ from rich.console import Console
 from bench.common import check_dir, parser, scratch_dir
 from bench.report import Report, Row, Target
 from bench.timing import Batch, measure_interleaved
-from dtwz import cluster as local_cluster
-from dtwz.auth import RequestVerifier, body_sha256, sign_request
-from dtwz.capabilities import Capability, Gate, Rights, VerifiedCache, delegate, grant, verify
-from dtwz.client import Client
-from dtwz.ids import derive_object_id
-from dtwz.keys import Identity
-from dtwz.layout import DATA_START
+from dtwz.client.api import Client
+from dtwz.format.ids import derive_object_id
+from dtwz.format.layout import DATA_START
+from dtwz.node import launcher as local_cluster
+from dtwz.security.auth import RequestVerifier, body_sha256, sign_request
+from dtwz.security.capabilities import (
+    Capability,
+    Gate,
+    Rights,
+    VerifiedCache,
+    delegate,
+    grant,
+    verify,
+)
+from dtwz.security.keys import Identity
 
 _LOG = Console(stderr=True)
 _NOW = 1_700_000_000

@@ -33,8 +33,8 @@ from bench.common import check_dir, parser, scratch_dir
 from bench.report import Report, Row, Target
 from bench.timing import measure, measure_interleaved, run_concurrently
 from dtwz import U64, Layout, ObjectId, Pointer, Store
-from dtwz.layout import DATA_START
-from dtwz.node.objects import StoredObject
+from dtwz.format.layout import DATA_START
+from dtwz.store.objects import StoredObject
 
 _U64 = struct.Struct("<Q")
 _KEY = struct.Struct(">Q")

@@ -31,12 +31,12 @@ import click
 
 from dtwz import __version__
 from dtwz.errors import CorruptObject, DtwzError, InvalidArgument, ObjectNotFound
-from dtwz.ids import ObjectId
-from dtwz.layout import DATA_START, FotFlags, ObjectFlags, ObjectHeader, Protection
-from dtwz.layout import size_log2 as check_object_size
-from dtwz.node.store import Store
-from dtwz.node.transaction import DEFAULT_OBJECT_SIZE, Transaction
-from dtwz.pointers import PersistentPointer
+from dtwz.format.ids import ObjectId
+from dtwz.format.layout import DATA_START, FotFlags, ObjectFlags, ObjectHeader, Protection
+from dtwz.format.layout import size_log2 as check_object_size
+from dtwz.format.pointers import PersistentPointer
+from dtwz.store.store import Store
+from dtwz.store.transaction import DEFAULT_OBJECT_SIZE, Transaction
 
 EXIT_RUNTIME = 1
 EXIT_USAGE = 2

@@ -5,14 +5,14 @@
   ``--config FILE`` and ``DTWZ_*`` variables fill the rest, flags win. Logs go to
   stderr; SIGTERM or Ctrl-C ends it cleanly with status 0.
 - ``dtwz cluster up/status/down``: a local cluster of node processes in a folder
-  (``dtwz.cluster``).
+  (``dtwz.node.launcher``).
 - ``dtwz remote --node URL ...``: object commands against any node of a running
-  cluster (``dtwz.client``): ``create``, ``put``, ``get``, ``show``, ``link``,
+  cluster (``dtwz.client.api``): ``create``, ``put``, ``get``, ``show``, ``link``,
   ``deref``, ``locate``, ``status``; every one takes an object ID or a name of the
   namespace (``/kvs/index``). The namespace commands (``resolve``, ``ls``,
   ``mkdir``, ``bind``, ``ln``, ``mv``, ``rm``) live in ``dtwz.cli_names``.
   ``--node`` defaults to ``DTWZ_NODE``, else to a node of the local cluster in
-  ``DTWZ_CLUSTER`` or ./data/cluster when there is one (``dtwz.cluster.connect``),
+  ``DTWZ_CLUSTER`` or ./data/cluster when there is one (``dtwz.node.launcher.connect``),
   else to http://127.0.0.1:7000 (``dtwz node run``'s default port).
 
 Why a ``remote`` group rather than a global ``--node`` switch on the local
@@ -44,9 +44,6 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from dtwz import cluster as local_cluster
-from dtwz import keyfiles
-from dtwz.auth import decode_capability_header
 from dtwz.cli import (
     OFFSET,
     PROT,
@@ -62,15 +59,18 @@ from dtwz.cli import (
     json_option,
     pass_config,
 )
-from dtwz.client import Client, ObjectRef, Op
-from dtwz.cluster import NodeStatus
+from dtwz.client.api import Client, ObjectRef, Op
 from dtwz.errors import ClusterError, DtwzError
-from dtwz.ids import ObjectId
-from dtwz.layout import DATA_START, FotFlags, ObjectFlags, Protection
+from dtwz.format.ids import ObjectId
+from dtwz.format.layout import DATA_START, FotFlags, ObjectFlags, Protection
+from dtwz.format.pointers import PersistentPointer
+from dtwz.node import launcher as local_cluster
 from dtwz.node.config import NodeConfig
-from dtwz.node.transaction import DEFAULT_OBJECT_SIZE
-from dtwz.pointers import PersistentPointer
+from dtwz.node.launcher import NodeStatus
 from dtwz.resolver.names import is_name, split_path
+from dtwz.security import keyfiles
+from dtwz.security.auth import decode_capability_header
+from dtwz.store.transaction import DEFAULT_OBJECT_SIZE
 
 log = logging.getLogger("dtwz.node")
 

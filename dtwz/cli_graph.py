@@ -21,7 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from dtwz.cli import CliConfig, cli, json_option
 from dtwz.cli_cluster import REF, RemoteConfig, pass_remote
-from dtwz.client import ObjectRef
+from dtwz.client.api import ObjectRef
 from dtwz.graph import render
 
 FORMATS = ("tree", *render.FORMATS)

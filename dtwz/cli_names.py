@@ -22,7 +22,7 @@ import click
 
 from dtwz.cli import json_option
 from dtwz.cli_cluster import REF, RemoteConfig, pass_remote, remote
-from dtwz.client import Binding, ObjectRef
+from dtwz.client.api import Binding, ObjectRef
 from dtwz.resolver.names import is_name
 
 

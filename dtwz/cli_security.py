@@ -23,15 +23,15 @@ from typing import Any, TypeVar
 
 import click
 
-from dtwz import cluster as local_cluster
-from dtwz.auth import decode_capability_header, encode_capability_header
-from dtwz.capabilities import Capability, Gate, Rights, delegate, grant, verify
 from dtwz.cli import CliConfig, cli, json_option, pass_config
 from dtwz.cli_cluster import RemoteConfig
 from dtwz.errors import DtwzError, InvalidArgument
-from dtwz.ids import ObjectId
-from dtwz.keys import Identity, PublicKey, check_key_object
-from dtwz.layout import DATA_START
+from dtwz.format.ids import ObjectId
+from dtwz.format.layout import DATA_START
+from dtwz.node import launcher as local_cluster
+from dtwz.security.auth import decode_capability_header, encode_capability_header
+from dtwz.security.capabilities import Capability, Gate, Rights, delegate, grant, verify
+from dtwz.security.keys import Identity, PublicKey, check_key_object
 
 
 def _identity(path: Path | None) -> Identity:
@@ -139,8 +139,8 @@ def keys() -> None:
 @pass_config
 def keys_init(cfg: CliConfig, keys_dir: Path, node_ids: tuple[str, ...], as_json: bool) -> None:
     """Make whatever is missing of the keys in --keys-dir, admitting the nodes named."""
-    from dtwz.keyfiles import ensure_keys
     from dtwz.node.peer import curve_keypair  # the one module that imports zmq
+    from dtwz.security.keyfiles import ensure_keys
 
     admitted = ensure_keys(keys_dir, node_ids, curve_keypair)
     doc = {

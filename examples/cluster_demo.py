@@ -34,9 +34,9 @@ from rich.console import Console
 from rich.table import Table
 
 from dtwz import U64, Bytes, Layout, ObjectId, Pointer
-from dtwz.client import Client, Op
-from dtwz.cluster import LocalCluster, down, up
+from dtwz.client.api import Client, Op
 from dtwz.graph import model, render
+from dtwz.node.launcher import LocalCluster, down, up
 
 console = Console(highlight=False)
 NODES = 3

@@ -27,7 +27,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from dtwz import ObjectId, Store
-from dtwz.layout import FotEntry, ObjectHeader
+from dtwz.format.layout import FotEntry, ObjectHeader
 from examples.kvstore import KVStore
 from examples.linked_list import LinkedList
 

@@ -58,9 +58,9 @@ from types import TracebackType
 
 from dtwz import Layout, ObjectId, Pointer, Ref, Store, StoredObject, Transaction
 from dtwz.errors import CorruptObject, FormatError, InvalidArgument, ObjectFull
-from dtwz.layout import DATA_START, FOT_ENTRY_SIZE
-from dtwz.pointers import split_pointer
-from dtwz.views import U32, U64, Bytes
+from dtwz.format.layout import DATA_START, FOT_ENTRY_SIZE
+from dtwz.format.pointers import split_pointer
+from dtwz.format.views import U32, U64, Bytes
 
 INDEX_MAGIC = b"DTWZKVI1"
 DATA_MAGIC = b"DTWZKVD1"

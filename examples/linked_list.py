@@ -30,8 +30,8 @@ from collections.abc import Callable, Iterable, Iterator
 
 from dtwz import Layout, ObjectId, Pointer, Ref, Store, Transaction
 from dtwz.errors import CorruptObject, FormatError, InvalidArgument
-from dtwz.layout import DATA_START, FOT_ENTRY_SIZE
-from dtwz.views import U32, U64, Bytes
+from dtwz.format.layout import DATA_START, FOT_ENTRY_SIZE
+from dtwz.format.views import U32, U64, Bytes
 
 ANCHOR_MAGIC = b"DTWZDLL1"
 BLOCK_MAGIC = b"DTWZDLB1"

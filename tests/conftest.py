@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from dtwz import cluster as local_cluster
-from dtwz.cluster import LocalCluster
-from dtwz.keys import Identity
+from dtwz.node import launcher as local_cluster
+from dtwz.node.launcher import LocalCluster
+from dtwz.security.keys import Identity
 
 START_TIMEOUT = 60.0  # generous: CI machines start Python processes slowly
 

@@ -16,9 +16,9 @@ import pytest
 from click.testing import CliRunner, Result
 
 from dtwz.cli import cli
-from dtwz.ids import ObjectId
-from dtwz.layout import DATA_START
-from dtwz.node.store import Store
+from dtwz.format.ids import ObjectId
+from dtwz.format.layout import DATA_START
+from dtwz.store.store import Store
 
 MISSING_ID = "00" * 16
 

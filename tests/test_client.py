@@ -1,4 +1,4 @@
-"""``dtwz.client`` against real 3-node clusters on loopback: objects created on every
+"""``dtwz.client.api`` against real 3-node clusters on loopback: objects created on every
 node and read, written and followed through the others; copies invalidated by
 commits; errors raised as the node's types; a node killed with -9 and restarted."""
 
@@ -18,8 +18,7 @@ from typing import Any
 
 import pytest
 
-from dtwz.client import Client, Op
-from dtwz.cluster import LocalCluster
+from dtwz.client.api import Client, Op
 from dtwz.errors import (
     ClusterError,
     CorruptObject,
@@ -31,10 +30,11 @@ from dtwz.errors import (
     PointerOutOfBounds,
     ReadOnlyObject,
 )
-from dtwz.ids import ObjectId, derive_object_id
-from dtwz.layout import DATA_START, HEADER_RECORD_SIZE, ObjectFlags, new_header
-from dtwz.pointers import split_pointer
-from dtwz.views import U64, Layout, Pointer
+from dtwz.format.ids import ObjectId, derive_object_id
+from dtwz.format.layout import DATA_START, HEADER_RECORD_SIZE, ObjectFlags, new_header
+from dtwz.format.pointers import split_pointer
+from dtwz.format.views import U64, Layout, Pointer
+from dtwz.node.launcher import LocalCluster
 from tests.conftest import ClusterFactory
 
 SMALL = 64 << 10
@@ -335,7 +335,7 @@ def test_retries_after_connection_errors_reuse_the_transaction_id() -> None:
 
 
 def test_error_json_from_a_node_keeps_its_class() -> None:
-    from dtwz.client import _error_from, _Response
+    from dtwz.client.api import _error_from, _Response
 
     body = json.dumps({"error": "HomeUnreachable", "message": "n9 is down"}).encode()
     error = _error_from(_Response(503, {}, body), "http://x")

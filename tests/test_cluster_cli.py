@@ -19,10 +19,10 @@ import pytest
 from click.testing import CliRunner, Result
 
 from dtwz.cli import cli
-from dtwz.client import Client, identity_from_env
-from dtwz.cluster import LocalCluster, down, free_ports, up
+from dtwz.client.api import Client, identity_from_env
 from dtwz.errors import DtwzError, InvalidArgument
-from dtwz.layout import DATA_START
+from dtwz.format.layout import DATA_START
+from dtwz.node.launcher import LocalCluster, down, free_ports, up
 
 MISSING_ID = "00" * 16
 

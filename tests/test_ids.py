@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dtwz.errors import DtwzError, FormatError
-from dtwz.ids import (
+from dtwz.format.ids import (
     ID_BYTES,
     ZERO_ID,
     ObjectId,
@@ -26,7 +26,7 @@ u16 = st.integers(0, 0xFFFF)
 
 
 def reference_id(nonce: bytes, kuid: bytes, flags: int, prot: int) -> bytes:
-    """DESIGN.md §1, written out independently of dtwz.ids."""
+    """DESIGN.md §1, written out independently of dtwz.format.ids."""
     message = nonce + kuid + flags.to_bytes(2, "little") + prot.to_bytes(2, "little") + bytes(12)
     assert len(message) == 48
     digest = hashlib.sha256(message).digest()

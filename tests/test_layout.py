@@ -10,8 +10,8 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from dtwz.errors import CorruptObject, FormatError, InvalidArgument
-from dtwz.ids import ObjectId, derive_object_id
-from dtwz.layout import (
+from dtwz.format.ids import ObjectId, derive_object_id
+from dtwz.format.layout import (
     DATA_START,
     FOT_ENTRY_SIZE,
     HEADER_CRC_OFFSET,

@@ -19,8 +19,7 @@ from click.testing import CliRunner, Result
 
 import dtwz
 from dtwz.cli import cli
-from dtwz.client import Binding, Client, Op
-from dtwz.cluster import LocalCluster
+from dtwz.client.api import Binding, Client, Op
 from dtwz.errors import (
     ClusterError,
     DirectoryNotEmpty,
@@ -36,8 +35,9 @@ from dtwz.errors import (
     SymlinkLoop,
     UnresolvedName,
 )
-from dtwz.ids import ObjectId
-from dtwz.layout import DATA_START
+from dtwz.format.ids import ObjectId
+from dtwz.format.layout import DATA_START
+from dtwz.node.launcher import LocalCluster
 from dtwz.resolver.names import root_id
 from tests.conftest import ClusterFactory
 

@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dtwz.errors import InvalidArgument
-from dtwz.pointers import (
+from dtwz.format.pointers import (
     MAX_FOT_INDEX,
     NULL,
     OFFSET_BITS,

@@ -12,8 +12,8 @@ from dtwz import errors
 def exported_names() -> set[str]:
     return {
         name
-        for name, value in vars(dtwz).items()
-        if not name.startswith("_") and not inspect.ismodule(value)
+        for name in dir(dtwz)
+        if not name.startswith("_") and not inspect.ismodule(getattr(dtwz, name))
     }
 
 

@@ -10,8 +10,8 @@ import pytest
 
 from dtwz import F64, I64, U8, U16, U32, U64, Bytes, Layout, Pointer, Ref, Store
 from dtwz.errors import InvalidArgument, PointerOutOfBounds
-from dtwz.ids import ObjectId
-from dtwz.layout import DATA_START, FotFlags
+from dtwz.format.ids import ObjectId
+from dtwz.format.layout import DATA_START, FotFlags
 
 
 class ViewsNode(Layout):

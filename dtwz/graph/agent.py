@@ -42,12 +42,15 @@ from dtwz.errors import (
     PointerError,
     StaleLocation,
 )
+from dtwz.format.ids import ZERO_ID, ObjectId
+from dtwz.format.layout import FOT_ENTRY_SIZE, HEADER_RECORD_SIZE, FotEntry, FotFlags
 from dtwz.graph import model
 from dtwz.graph.placement import Plan, group_moves, plan_colocation
-from dtwz.ids import ZERO_ID, ObjectId
-from dtwz.layout import FOT_ENTRY_SIZE, HEADER_RECORD_SIZE, FotEntry, FotFlags
-from dtwz.node.objects import StoredObject
-from dtwz.node.protocol import (
+from dtwz.resolver.directory_objects import DIRECTORY_MAGIC
+from dtwz.resolver.namespace import Namespace
+from dtwz.service.objects import WHOLE_COPY_MAX, ObjectService
+from dtwz.store.objects import StoredObject
+from dtwz.wire.protocol import (
     EdgeCounts,
     EdgeUse,
     EdgeUses,
@@ -63,9 +66,6 @@ from dtwz.node.protocol import (
     ObjectBatch,
     WalkStart,
 )
-from dtwz.node.service import WHOLE_COPY_MAX, ObjectService
-from dtwz.resolver.directories import DIRECTORY_MAGIC
-from dtwz.resolver.namespace import Namespace
 
 log = logging.getLogger(__name__)
 

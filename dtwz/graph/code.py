@@ -178,3 +178,12 @@ def _compile_checked(source: str, filename: str) -> ast.Module:
         why = f"{type(exc).__name__}: {exc}" if str(exc) else f"{type(exc).__name__} (too deep?)"
         raise CodeError(f"source does not compile: {why}") from exc
     return tree
+
+
+@dataclass(frozen=True, slots=True)
+class RunOutcome:
+    """What a call returned (JSON), its counters and the seconds the function ran."""
+
+    result: Any
+    stats: dict[str, int]
+    elapsed: float

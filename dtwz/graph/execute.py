@@ -5,7 +5,7 @@ the node asked counts the bytes the root reaches on each node (a summary walk:
 holders send back counts, not objects), weighs the bytes each
 choice would move (``placement.choose_site``: the data to this node, or the code
 to the node homing most of the reachable bytes), and runs the function there in
-that node's worker process (``dtwz.graph.runner``), which reads local objects
+that node's worker process (``dtwz.node.code.runner``), which reads local objects
 zero-copy and everything else through its node like any client. The answer
 reports the choice, the estimates and what the worker actually fetched.
 """
@@ -15,17 +15,17 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 from dtwz.errors import ClusterError, CodeError, InvalidArgument
+from dtwz.format.ids import ObjectId
+from dtwz.format.layout import DATA_START
 from dtwz.graph.agent import GraphAgent, image_bytes
-from dtwz.graph.code import CodeBody, decode_code
+from dtwz.graph.code import CodeBody, RunOutcome, decode_code
 from dtwz.graph.placement import choose_site
-from dtwz.graph.runner import CodeRunner
-from dtwz.ids import ObjectId
-from dtwz.layout import DATA_START
-from dtwz.node.protocol import CodeResult, Message, RunCode
-from dtwz.node.service import ObjectService
+from dtwz.service.objects import ObjectService
+from dtwz.wire.protocol import CodeResult, Message, RunCode
 
 RESULT_MAX = 64 << 20  # bytes of JSON a function may return
 # the decision weighs at most this many reachable bytes: where the first 64 MiB a
@@ -42,6 +42,22 @@ class CodeCluster(Protocol):
     ) -> Message: ...
 
     def is_alive(self, node_id: str) -> bool: ...
+
+
+class CodeRunner(Protocol):
+    """Runs a function in a worker process of this node (``dtwz.node.code.runner``)."""
+
+    async def run(
+        self,
+        body: CodeBody,
+        root: ObjectId,
+        args: Sequence[Any] = (),
+        *,
+        timeout: float,
+        generation: int | None = None,
+    ) -> RunOutcome: ...
+
+    async def close(self) -> None: ...
 
 
 class CodeExecutor:

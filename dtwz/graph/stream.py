@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dtwz.errors import ProtocolError
-from dtwz.ids import ObjectId
+from dtwz.format.ids import ObjectId
 
 EVENT, IMAGE = 1, 2
 FRAME = struct.Struct("<BI")

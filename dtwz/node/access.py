@@ -16,8 +16,8 @@ writes, migrates, walks or runs code (docs/SECURITY.md §9):
 Headers come through ``ObjectService.header_of``, which checks the ID against
 the metadata; kuid and default protections are part of the ID, so they are
 cached for good. Keys are looked up asynchronously first (``KeyRing.load``),
-then handed to the pure, synchronous checks of ``dtwz.auth`` and
-``dtwz.capabilities``.
+then handed to the pure, synchronous checks of ``dtwz.security.auth`` and
+``dtwz.security.capabilities``.
 """
 
 from __future__ import annotations
@@ -26,8 +26,6 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 
-from dtwz.auth import SESSION_HEADER, RequestVerifier, SessionTable, decode_capability_header
-from dtwz.capabilities import Capability, Rights, VerifiedCache, default_allows, verify
 from dtwz.errors import (
     AccessDenied,
     CorruptObject,
@@ -35,10 +33,17 @@ from dtwz.errors import (
     ObjectNotFound,
     UnknownKey,
 )
-from dtwz.ids import ObjectId
-from dtwz.keyfiles import Admitted
-from dtwz.keys import PublicKey, check_key_object
-from dtwz.layout import ObjectHeader
+from dtwz.format.ids import ObjectId
+from dtwz.format.layout import ObjectHeader
+from dtwz.security.auth import (
+    SESSION_HEADER,
+    RequestVerifier,
+    SessionTable,
+    decode_capability_header,
+)
+from dtwz.security.capabilities import Capability, Rights, VerifiedCache, default_allows, verify
+from dtwz.security.keyfiles import Admitted
+from dtwz.security.keys import PublicKey, check_key_object
 
 ReadKeyObject = Callable[[ObjectId], Awaitable[bytes]]  # kuid -> the key object's data
 HeaderOf = Callable[[ObjectId], Awaitable[ObjectHeader]]

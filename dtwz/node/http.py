@@ -3,7 +3,7 @@
 JSON for metadata, raw bytes for object contents. Errors are JSON
 ``{"error": <dtwz.errors class name>, "message": ...}`` with a status that fits
 (404 unknown object, 400 bad input, 409 conflicts and full or immutable objects,
-503 when another node is needed and cannot be reached), so ``dtwz.client``
+503 when another node is needed and cannot be reached), so ``dtwz.client.api``
 raises the same exception type the node raised.
 
 Routes::
@@ -54,23 +54,23 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from dtwz import errors
-from dtwz.auth import (
+from dtwz.errors import DtwzError, InvalidArgument
+from dtwz.format.ids import ZERO_ID, ObjectId
+from dtwz.format.layout import DATA_START, HEADER_RECORD_SIZE, FotEntry, ObjectHeader
+from dtwz.node.access import parse_capabilities
+from dtwz.resolver.directory_objects import Entry
+from dtwz.resolver.names import Resolved
+from dtwz.security.auth import (
     CAPABILITY_HEADER,
     SESSION_HEADER,
     SIGNATURE_HEADER,
     body_sha256,
     split_link,
 )
-from dtwz.capabilities import Rights
-from dtwz.errors import DtwzError, InvalidArgument
-from dtwz.ids import ZERO_ID, ObjectId
-from dtwz.keys import KEY_OBJECT_FLAGS, KEY_OBJECT_PROT, KeyRecord, key_object_nonce
-from dtwz.layout import DATA_START, HEADER_RECORD_SIZE, FotEntry, ObjectHeader
-from dtwz.node.access import parse_capabilities
-from dtwz.node.protocol import Create, Created, TxOp
-from dtwz.node.service import OP_ALLOC, OP_APPEND, OP_NAME_POINTER, OP_POINTER, OP_WRITE
-from dtwz.resolver.directories import Entry
-from dtwz.resolver.names import Resolved
+from dtwz.security.capabilities import Rights
+from dtwz.security.keys import KEY_OBJECT_FLAGS, KEY_OBJECT_PROT, KeyRecord, key_object_nonce
+from dtwz.service.objects import OP_ALLOC, OP_APPEND, OP_NAME_POINTER, OP_POINTER, OP_WRITE
+from dtwz.wire.protocol import Create, Created, TxOp
 
 if TYPE_CHECKING:
     from dtwz.node.server import Node

@@ -27,11 +27,11 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from dtwz.capabilities import Rights
 from dtwz.errors import AccessDenied, DtwzError, InvalidArgument
+from dtwz.format.ids import ObjectId
 from dtwz.graph import model, render, stream
-from dtwz.ids import ObjectId
 from dtwz.node.http import _flag, _json, _node, accessor, allow
+from dtwz.security.capabilities import Rights
 
 if TYPE_CHECKING:
     import networkx as nx

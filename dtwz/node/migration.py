@@ -48,9 +48,10 @@ from dtwz.errors import (
     MigrationError,
     PeerUnavailable,
 )
-from dtwz.ids import ObjectId
-from dtwz.layout import DATA_START, ObjectHeader
-from dtwz.node.protocol import (
+from dtwz.format.ids import ObjectId
+from dtwz.format.layout import DATA_START, ObjectHeader
+from dtwz.service.objects import ObjectService
+from dtwz.wire.protocol import (
     Ack,
     AppliedTxn,
     HomeRecord,
@@ -61,7 +62,6 @@ from dtwz.node.protocol import (
     ObjectVersion,
     TransactResult,
 )
-from dtwz.node.service import ObjectService
 
 log = logging.getLogger(__name__)
 

@@ -67,7 +67,7 @@ import zmq
 from zmq.auth.thread import ThreadAuthenticator
 
 from dtwz.errors import DtwzError, PeerUnavailable, ProtocolError
-from dtwz.node.protocol import (
+from dtwz.wire.protocol import (
     ErrorReply,
     Frame,
     Message,

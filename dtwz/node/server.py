@@ -35,18 +35,32 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from dtwz import keyfiles
 from dtwz.errors import DtwzError, HomeUnreachable, ObjectNotFound, PeerUnavailable
+from dtwz.format.ids import ObjectId
+from dtwz.format.layout import DATA_START
 from dtwz.graph.agent import GraphAgent
 from dtwz.graph.execute import CodeExecutor
-from dtwz.graph.runner import CodeRunner
-from dtwz.ids import ObjectId
-from dtwz.layout import DATA_START
 from dtwz.node.access import Access, KeyRing
+from dtwz.node.code.runner import CodeRunner
 from dtwz.node.config import NodeConfig
 from dtwz.node.migration import Migrations
 from dtwz.node.peer import Curve, PeerEndpoint, curve_keypair
-from dtwz.node.protocol import (
+from dtwz.resolver.directory_objects import DIRECTORY_MAGIC
+from dtwz.resolver.locations import DirectoryShard, LocationCache, rendezvous_owners
+from dtwz.resolver.membership import (
+    MemberDied,
+    MemberJoined,
+    MemberLeft,
+    MemberRecovered,
+    Membership,
+    MembershipEvent,
+    MemberState,
+)
+from dtwz.resolver.namespace import Namespace
+from dtwz.security import keyfiles
+from dtwz.service.objects import ObjectService
+from dtwz.store.store import Store
+from dtwz.wire.protocol import (
     Ack,
     Create,
     DirOp,
@@ -74,20 +88,6 @@ from dtwz.node.protocol import (
     RunCode,
     Transact,
 )
-from dtwz.node.service import ObjectService
-from dtwz.node.store import Store
-from dtwz.resolver.directories import DIRECTORY_MAGIC
-from dtwz.resolver.directory import DirectoryShard, LocationCache, rendezvous_owners
-from dtwz.resolver.membership import (
-    MemberDied,
-    MemberJoined,
-    MemberLeft,
-    MemberRecovered,
-    Membership,
-    MembershipEvent,
-    MemberState,
-)
-from dtwz.resolver.namespace import Namespace
 
 log = logging.getLogger(__name__)
 

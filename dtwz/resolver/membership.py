@@ -67,7 +67,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 
 from dtwz.errors import InvalidArgument
-from dtwz.node.protocol import MemberInfo
+from dtwz.wire.protocol import MemberInfo
 
 __all__ = [
     "MAX_FLOORS",

@@ -3,7 +3,7 @@
 Theory of operation
 -------------------
 A name is an absolute path (``/kvs/index``). It is resolved by walking directory
-objects (``dtwz.resolver.directories``) from the root, whose ID every node derives
+objects (``dtwz.resolver.directory_objects``) from the root, whose ID every node derives
 from the cluster's identity (``root_id``), so no node has to ask where the
 namespace starts.
 
@@ -35,13 +35,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from dtwz.errors import InvalidName, NameNotFound, NotADirectory, SymlinkLoop
-from dtwz.ids import ZERO_ID, ObjectId, derive_object_id
-from dtwz.layout import Protection
-from dtwz.resolver.directories import EntryKind, find, is_directory
-from dtwz.resolver.directory import rendezvous_owners
+from dtwz.format.ids import ZERO_ID, ObjectId, derive_object_id
+from dtwz.format.layout import Protection
+from dtwz.resolver.directory_objects import EntryKind, find, is_directory
+from dtwz.resolver.locations import rendezvous_owners
 
 if TYPE_CHECKING:
-    from dtwz.node.objects import StoredObject
+    from dtwz.store.objects import StoredObject
 
 __all__ = [
     "MAX_DEPTH",

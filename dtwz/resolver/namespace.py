@@ -52,22 +52,10 @@ from dtwz.errors import (
     PeerUnavailable,
     UnresolvedName,
 )
-from dtwz.ids import ZERO_ID, ObjectId
-from dtwz.layout import DATA_START, VERSION_OFFSET
-from dtwz.node.objects import StoredObject
-from dtwz.node.protocol import (
-    Create,
-    Created,
-    DirOp,
-    DirResult,
-    HomeRecord,
-    Message,
-    ObjectVersion,
-)
-from dtwz.node.service import ObjectService
-from dtwz.node.transaction import Transaction
-from dtwz.resolver import directories as dirs
-from dtwz.resolver.directories import DIRECTORY_MAGIC, DIRECTORY_SIZE, Entry, EntryKind
+from dtwz.format.ids import ZERO_ID, ObjectId
+from dtwz.format.layout import DATA_START, VERSION_OFFSET
+from dtwz.resolver import directory_objects as dirs
+from dtwz.resolver.directory_objects import DIRECTORY_MAGIC, DIRECTORY_SIZE, Entry, EntryKind
 from dtwz.resolver.membership import MemberState
 from dtwz.resolver.names import (
     ROOT_PROT,
@@ -80,6 +68,18 @@ from dtwz.resolver.names import (
     root_nonce,
     split_parent,
     split_path,
+)
+from dtwz.service.objects import ObjectService
+from dtwz.store.objects import StoredObject
+from dtwz.store.transaction import Transaction
+from dtwz.wire.protocol import (
+    Create,
+    Created,
+    DirOp,
+    DirResult,
+    HomeRecord,
+    Message,
+    ObjectVersion,
 )
 
 __all__ = ["Namespace", "NamespaceNode"]

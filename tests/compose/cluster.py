@@ -29,9 +29,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dtwz.client import Client
+from dtwz.client.api import Client
 from dtwz.errors import DtwzError
-from dtwz.keys import Identity
+from dtwz.security.keys import Identity
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO / "docker-compose.yml"

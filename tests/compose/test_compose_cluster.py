@@ -1,5 +1,5 @@
 """The compose cluster as users run it: containers of the real image on a private
-network, reached from the host through the published ports with ``dtwz.client``
+network, reached from the host through the published ports with ``dtwz.client.api``
 and the ``dtwz`` command line. A node is killed with ``docker kill`` and cut off with
 ``docker network disconnect``; the rest keep serving, requests that need it fail
 within a bound, and when it returns everything agrees again."""
@@ -17,11 +17,11 @@ from typing import Any
 
 import pytest
 
-from dtwz.client import Client, Op
+from dtwz.client.api import Client, Op
 from dtwz.errors import ClusterError, PeerUnavailable
-from dtwz.ids import ObjectId
-from dtwz.layout import DATA_START
-from dtwz.views import U64, Layout, Pointer
+from dtwz.format.ids import ObjectId
+from dtwz.format.layout import DATA_START
+from dtwz.format.views import U64, Layout, Pointer
 from tests.compose.cluster import ComposeCluster, wait_until
 from tests.compose.conftest import ComposeFactory
 
@@ -205,10 +205,10 @@ def test_a_killed_node_the_rest_serve_the_directory_heals_and_it_returns_intact(
 
 _INSIDE = """
 import json, time
-from dtwz.client import Client
+from dtwz.client.api import Client
 from dtwz.errors import DtwzError
-from dtwz.keys import Identity
-from dtwz.layout import DATA_START
+from dtwz.security.keys import Identity
+from dtwz.format.layout import DATA_START
 
 def attempt(call):
     start = time.monotonic()

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from dtwz.cluster import LocalCluster
+from dtwz.node.launcher import LocalCluster
 
 REPO = Path(__file__).resolve().parents[2]
 

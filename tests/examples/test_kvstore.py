@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from dtwz import Store
 from dtwz.errors import FormatError, InvalidArgument, ObjectFull
-from dtwz.layout import DATA_START
+from dtwz.format.layout import DATA_START
 from examples.kvstore import (
     DEFAULT_CAPACITY,
     SLOT_SIZE,

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from dtwz import Ref, Store
 from dtwz.errors import FormatError, InvalidArgument
-from dtwz.layout import DATA_START
+from dtwz.format.layout import DATA_START
 from examples.linked_list import DListNode, LinkedList, ListAnchor, NodeBlock, max_value_size
 
 

@@ -21,12 +21,12 @@ import pytest
 from click.testing import CliRunner
 
 from dtwz.cli import cli
-from dtwz.client import Client
-from dtwz.cluster import LocalCluster
+from dtwz.client.api import Client
 from dtwz.errors import CodeError
+from dtwz.format.ids import ObjectId
+from dtwz.format.layout import DATA_START
 from dtwz.graph import model
-from dtwz.ids import ObjectId
-from dtwz.layout import DATA_START
+from dtwz.node.launcher import LocalCluster
 
 NEXT = DATA_START + 8  # item layout: value u64 | next pointer | second pointer | spare
 SIZE = 8192

@@ -11,9 +11,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from dtwz.cluster import LocalCluster
 from dtwz.errors import DtwzError, MigrationError
-from dtwz.layout import DATA_START
+from dtwz.format.layout import DATA_START
+from dtwz.node.launcher import LocalCluster
 from tests.conftest import ClusterFactory
 
 

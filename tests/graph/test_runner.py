@@ -25,9 +25,9 @@ from aiohttp import web
 
 from dtwz import ObjectId, Store
 from dtwz.errors import CodeError, CodeTimeout, InvalidArgument
+from dtwz.format.layout import DATA_START, HEADER_RECORD_SIZE, ObjectHeader
 from dtwz.graph.code import CodeBody, code_from_function
-from dtwz.graph.runner import CodeRunner
-from dtwz.layout import DATA_START, HEADER_RECORD_SIZE, ObjectHeader
+from dtwz.node.code.runner import CodeRunner
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
 
@@ -187,7 +187,7 @@ def workers_of_this_process() -> list[int]:
         except OSError:
             continue
         state, ppid = stat.rsplit(")", 1)[1].split()[:2]
-        if int(ppid) == os.getpid() and state != "Z" and b"dtwz.graph.worker" in cmdline:
+        if int(ppid) == os.getpid() and state != "Z" and b"dtwz.node.code.worker" in cmdline:
             out.append(int(entry))
     return out
 

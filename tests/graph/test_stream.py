@@ -9,8 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dtwz.errors import ProtocolError
+from dtwz.format.ids import ObjectId
 from dtwz.graph import stream
-from dtwz.ids import ObjectId
 
 
 def _frames(raw: bytes) -> list[tuple[int, bytes]]:

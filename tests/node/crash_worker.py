@@ -41,10 +41,10 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from dtwz.errors import TransactionConflict
-from dtwz.ids import ObjectId
-from dtwz.layout import DATA_START
-from dtwz.node.store import Store
-from dtwz.node.transaction import Transaction
+from dtwz.format.ids import ObjectId
+from dtwz.format.layout import DATA_START
+from dtwz.store.store import Store
+from dtwz.store.transaction import Transaction
 
 # -- object layout of the crash tests -------------------------------------------
 

@@ -7,14 +7,14 @@ import time
 
 import pytest
 
-from dtwz.auth import body_sha256, encode_capability_header, sign_request
-from dtwz.capabilities import Gate, Rights, grant
 from dtwz.errors import AccessDenied, CorruptObject, ObjectNotFound, UnknownKey
-from dtwz.ids import ZERO_ID, ObjectId, new_nonce
-from dtwz.keyfiles import Admitted
-from dtwz.keys import Identity
-from dtwz.layout import ObjectHeader, new_header
+from dtwz.format.ids import ZERO_ID, ObjectId, new_nonce
+from dtwz.format.layout import ObjectHeader, new_header
 from dtwz.node.access import Access, KeyRing, parse_capabilities
+from dtwz.security.auth import body_sha256, encode_capability_header, sign_request
+from dtwz.security.capabilities import Gate, Rights, grant
+from dtwz.security.keyfiles import Admitted
+from dtwz.security.keys import Identity
 
 ADMIN, NODE, OWNER, OTHER = (Identity.generate(n) for n in ("admin", "node", "owner", "other"))
 

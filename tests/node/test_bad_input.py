@@ -33,9 +33,9 @@ from dtwz.errors import (
     StoreError,
     UnresolvedName,
 )
-from dtwz.layout import DATA_START, HEADER_CRC_OFFSET, FotEntry, FotFlags, fot_entry_offset
-from dtwz.node.redo import WriteOp, encode_record
-from dtwz.pointers import make_pointer
+from dtwz.format.layout import DATA_START, HEADER_CRC_OFFSET, FotEntry, FotFlags, fot_entry_offset
+from dtwz.format.pointers import make_pointer
+from dtwz.store.redo import WriteOp, encode_record
 
 SIZE = 64 * 1024
 SALT_OFFSET = 40  # docs/FORMAT.md, store.ctl

@@ -25,10 +25,10 @@ from typing import Any
 import pytest
 
 from dtwz.errors import TransactionConflict
-from dtwz.ids import ObjectId
-from dtwz.layout import DATA_START
-from dtwz.node.store import Store
-from dtwz.node.transaction import Transaction
+from dtwz.format.ids import ObjectId
+from dtwz.format.layout import DATA_START
+from dtwz.store.store import Store
+from dtwz.store.transaction import Transaction
 
 WORKER_PATH = Path(__file__).with_name("crash_worker.py")
 _spec = importlib.util.spec_from_file_location("dtwz_concurrency_worker", WORKER_PATH)

@@ -37,8 +37,8 @@ from typing import Any
 import pytest
 
 from dtwz.errors import DtwzError
-from dtwz.ids import ObjectId
-from dtwz.node.store import Store
+from dtwz.format.ids import ObjectId
+from dtwz.store.store import Store
 
 WORKER_PATH = Path(__file__).with_name("crash_worker.py")
 _spec = importlib.util.spec_from_file_location("dtwz_crash_worker", WORKER_PATH)

@@ -23,9 +23,9 @@ import zmq.asyncio
 
 from dtwz import errors
 from dtwz.errors import DtwzError, PeerUnavailable, ProtocolError
-from dtwz.ids import ObjectId
+from dtwz.format.ids import ObjectId
 from dtwz.node.peer import PeerEndpoint
-from dtwz.node.protocol import (
+from dtwz.wire.protocol import (
     Ack,
     Create,
     Created,

@@ -25,8 +25,8 @@ from hypothesis import strategies as st
 
 from dtwz import errors
 from dtwz.errors import DtwzError, ProtocolError
-from dtwz.ids import ZERO_ID, ObjectId
-from dtwz.node.protocol import (
+from dtwz.format.ids import ZERO_ID, ObjectId
+from dtwz.wire.protocol import (
     MAX_LIST,
     Ack,
     AppliedTxn,

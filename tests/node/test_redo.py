@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dtwz.errors import FormatError
-from dtwz.ids import ObjectId
-from dtwz.node.redo import (
+from dtwz.format.ids import ObjectId
+from dtwz.store.redo import (
     OP_HEADER_SIZE,
     RECORD_HEADER_SIZE,
     RECORD_MAGIC,

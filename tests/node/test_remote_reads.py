@@ -10,9 +10,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from dtwz.client import Client
-from dtwz.cluster import LocalCluster
-from dtwz.layout import DATA_START
+from dtwz.client.api import Client
+from dtwz.format.layout import DATA_START
+from dtwz.node.launcher import LocalCluster
 
 MiB = 1 << 20
 

@@ -23,9 +23,9 @@ from dtwz.errors import (
     TransactionConflict,
     UnresolvedName,
 )
-from dtwz.ids import verify_object_id
-from dtwz.layout import DATA_START, FotEntry, FotFlags, Protection
-from dtwz.pointers import make_pointer, split_pointer
+from dtwz.format.ids import verify_object_id
+from dtwz.format.layout import DATA_START, FotEntry, FotFlags, Protection
+from dtwz.format.pointers import make_pointer, split_pointer
 
 KIB = 1024
 

@@ -11,14 +11,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dtwz.errors import InvalidArgument
-from dtwz.ids import ObjectId
-from dtwz.node.protocol import HomeRecord
-from dtwz.resolver.directory import (
+from dtwz.format.ids import ObjectId
+from dtwz.resolver.locations import (
     DirectoryShard,
     HomePublisher,
     LocationCache,
     rendezvous_owners,
 )
+from dtwz.wire.protocol import HomeRecord
 
 object_ids = st.binary(min_size=16, max_size=16).map(ObjectId)
 node_names = st.text("abcdefgh0123456789-.:", min_size=1, max_size=12)

@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from dtwz.client import Client
-from dtwz.cluster import LocalCluster
-from dtwz.ids import ObjectId
+from dtwz.client.api import Client
+from dtwz.format.ids import ObjectId
+from dtwz.node.launcher import LocalCluster
 
 ClusterFactory = Callable[..., LocalCluster]
 OBJECTS_PER_NODE = 30

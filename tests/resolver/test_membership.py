@@ -11,7 +11,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dtwz.errors import InvalidArgument
-from dtwz.node.protocol import MemberInfo
 from dtwz.resolver.membership import (
     MAX_FLOORS,
     MemberDied,
@@ -23,6 +22,7 @@ from dtwz.resolver.membership import (
     MemberState,
     MemberSuspected,
 )
+from dtwz.wire.protocol import MemberInfo
 
 ALIVE, SUSPECT, DEAD, LEFT = (
     MemberState.ALIVE,

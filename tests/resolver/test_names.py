@@ -20,10 +20,10 @@ from dtwz.errors import (
     ObjectFull,
     SymlinkLoop,
 )
-from dtwz.ids import ObjectId, derive_object_id
-from dtwz.layout import DATA_START
-from dtwz.resolver import directories as dirs
-from dtwz.resolver.directories import DIRECTORY_SIZE, DirHeader, EntryKind
+from dtwz.format.ids import ObjectId, derive_object_id
+from dtwz.format.layout import DATA_START
+from dtwz.resolver import directory_objects as dirs
+from dtwz.resolver.directory_objects import DIRECTORY_SIZE, DirHeader, EntryKind
 from dtwz.resolver.names import (
     MAX_DEPTH,
     MAX_NAME_BYTES,

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from dtwz.cluster import free_ports
 from dtwz.errors import (
     InvalidArgument,
     InvalidName,
@@ -20,16 +19,17 @@ from dtwz.errors import (
     ObjectNotFound,
     UnresolvedName,
 )
-from dtwz.ids import ObjectId
-from dtwz.layout import DATA_START
+from dtwz.format.ids import ObjectId
+from dtwz.format.layout import DATA_START
 from dtwz.node.config import NodeConfig
-from dtwz.node.protocol import DirOp, DirResult, TxOp
+from dtwz.node.launcher import free_ports
 from dtwz.node.server import Node
-from dtwz.node.service import OP_NAME_POINTER
-from dtwz.resolver.directories import EntryKind
+from dtwz.resolver.directory_objects import EntryKind
 from dtwz.resolver.membership import MemberState
 from dtwz.resolver.names import root_id
 from dtwz.resolver.namespace import ACT_BIND, ACT_SYMLINK
+from dtwz.service.objects import OP_NAME_POINTER
+from dtwz.wire.protocol import DirOp, DirResult, TxOp
 
 
 def config(node_id: str, data: Path, seeds: list[str]) -> NodeConfig:

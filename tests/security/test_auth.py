@@ -9,7 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dtwz.auth import (
+from dtwz.errors import AccessDenied, InvalidArgument, InvalidCapability, ReplayedRequest
+from dtwz.format.ids import ObjectId, derive_object_id
+from dtwz.security.auth import (
     AUDIENCE_HEADER,
     CAPABILITY_HEADER,
     KEY_HEADER,
@@ -24,10 +26,8 @@ from dtwz.auth import (
     encode_capability_header,
     sign_request,
 )
-from dtwz.capabilities import Rights, grant
-from dtwz.errors import AccessDenied, InvalidArgument, InvalidCapability, ReplayedRequest
-from dtwz.ids import ObjectId, derive_object_id
-from dtwz.keys import Identity, PublicKey
+from dtwz.security.capabilities import Rights, grant
+from dtwz.security.keys import Identity, PublicKey
 
 ALICE = Identity.from_seed(bytes(range(1, 33)), "alice")
 BOB = Identity.from_seed(bytes(range(2, 34)), "bob")

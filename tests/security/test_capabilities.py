@@ -12,7 +12,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dtwz.capabilities import (
+from dtwz.errors import (
+    AccessDenied,
+    CapabilityExpired,
+    InvalidArgument,
+    InvalidCapability,
+    ObjectNotFound,
+    PeerUnavailable,
+)
+from dtwz.format.ids import ZERO_ID, ObjectId, derive_object_id
+from dtwz.format.layout import Protection
+from dtwz.security.capabilities import (
     CAP_MAGIC,
     MAX_CHAIN,
     SIGNING_DOMAIN,
@@ -26,17 +36,7 @@ from dtwz.capabilities import (
     grant,
     verify,
 )
-from dtwz.errors import (
-    AccessDenied,
-    CapabilityExpired,
-    InvalidArgument,
-    InvalidCapability,
-    ObjectNotFound,
-    PeerUnavailable,
-)
-from dtwz.ids import ZERO_ID, ObjectId, derive_object_id
-from dtwz.keys import Identity, PublicKey
-from dtwz.layout import Protection
+from dtwz.security.keys import Identity, PublicKey
 
 OWNER = Identity.from_seed(bytes(range(32)), "owner")
 ALICE = Identity.from_seed(bytes(range(1, 33)), "alice")
@@ -94,7 +94,7 @@ def chain3(gate: Gate | None = None) -> Capability:
 
 
 def reference_encoding(cap: Capability) -> bytes:
-    """docs/SECURITY.md §2, written out independently of dtwz.capabilities."""
+    """docs/SECURITY.md §2, written out independently of dtwz.security.capabilities."""
     parent = reference_encoding(cap.parent) if cap.parent else b""
     flags = (1 if cap.gate else 0) | (2 if cap.parent else 0)
     gate = struct.pack("<QQ", cap.gate.offset, cap.gate.length) if cap.gate else bytes(16)

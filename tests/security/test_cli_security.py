@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from dtwz.cli import cli
-from dtwz.cluster import LocalCluster
+from dtwz.node.launcher import LocalCluster
 from tests.conftest import running_cluster
 
 

@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 
 from dtwz.errors import CorruptObject
-from dtwz.ids import ObjectId
-from dtwz.layout import HEADER_RECORD_SIZE, ObjectHeader
-from dtwz.node.protocol import Fetch, HomeRecord, Message, ObjectData
-from dtwz.node.service import ObjectService
-from dtwz.node.store import Store
+from dtwz.format.ids import ObjectId
+from dtwz.format.layout import HEADER_RECORD_SIZE, ObjectHeader
+from dtwz.service.objects import ObjectService
+from dtwz.store.store import Store
+from dtwz.wire.protocol import Fetch, HomeRecord, Message, ObjectData
 
 Forge = Callable[[ObjectData], ObjectData]
 

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from dtwz.errors import CorruptObject, FormatError, InvalidArgument
-from dtwz.ids import ZERO_ID, derive_object_id, new_nonce
-from dtwz.keys import (
+from dtwz.format.ids import ZERO_ID, derive_object_id, new_nonce
+from dtwz.format.layout import ObjectFlags, ObjectHeader, Protection
+from dtwz.security.keys import (
     KEY_OBJECT_FLAGS,
     KEY_OBJECT_PROT,
     MAX_LABEL_BYTES,
@@ -23,7 +24,6 @@ from dtwz.keys import (
     key_object_nonce,
     kuid_of,
 )
-from dtwz.layout import ObjectFlags, ObjectHeader, Protection
 
 # RFC 8032 §7.1, test 1
 RFC_SEED = bytes.fromhex("9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60")
@@ -34,7 +34,7 @@ RFC_SIGNATURE = bytes.fromhex(
 
 
 def reference_kuid(public: bytes) -> bytes:
-    """docs/SECURITY.md §1, written out independently of dtwz.keys."""
+    """docs/SECURITY.md §1, written out independently of dtwz.security.keys."""
     nonce = hashlib.sha256(b"dtwz-key\x00" + b"\x01" + public).digest()[:16]
     message = nonce + bytes(16) + struct.pack("<HH", 1, 1) + bytes(12)
     digest = hashlib.sha256(message).digest()

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from dtwz import keyfiles
-from dtwz.client import Client
-from dtwz.cluster import HOST, LocalCluster, free_ports
+from dtwz.client.api import Client
 from dtwz.errors import PeerUnavailable
-from dtwz.layout import DATA_START
+from dtwz.format.layout import DATA_START
+from dtwz.node.launcher import HOST, LocalCluster, free_ports
 from dtwz.node.peer import Curve, PeerEndpoint, curve_keypair
-from dtwz.node.protocol import Ack, Fetch, Message, ObjectData
+from dtwz.security import keyfiles
+from dtwz.wire.protocol import Ack, Fetch, Message, ObjectData
 
 
 async def _ignore(message: Message) -> Message:

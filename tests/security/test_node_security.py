@@ -16,19 +16,19 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from dtwz.auth import body_sha256, sign_request
-from dtwz.capabilities import Capability, Gate, Rights, _sign, delegate, grant
-from dtwz.client import Client, Op
-from dtwz.cluster import LocalCluster
+from dtwz.client.api import Client, Op
 from dtwz.errors import (
     AccessDenied,
     CapabilityExpired,
     InvalidCapability,
     ReplayedRequest,
 )
-from dtwz.ids import ObjectId
-from dtwz.keys import Identity
-from dtwz.layout import DATA_START
+from dtwz.format.ids import ObjectId
+from dtwz.format.layout import DATA_START
+from dtwz.node.launcher import LocalCluster
+from dtwz.security.auth import body_sha256, sign_request
+from dtwz.security.capabilities import Capability, Gate, Rights, _sign, delegate, grant
+from dtwz.security.keys import Identity
 from tests.conftest import running_cluster
 
 PRIVATE = 0  # default protections: nothing without a capability

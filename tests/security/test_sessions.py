@@ -10,7 +10,12 @@ from collections.abc import Iterator
 import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
-from dtwz.auth import (
+from dtwz.client.api import Client
+from dtwz.errors import AccessDenied, ReplayedRequest, UnknownSession
+from dtwz.format.ids import ObjectId
+from dtwz.format.layout import DATA_START
+from dtwz.node.launcher import LocalCluster
+from dtwz.security.auth import (
     SESSION_HEADER,
     SIGNATURE_HEADER,
     RequestVerifier,
@@ -20,12 +25,7 @@ from dtwz.auth import (
     mac_request,
     session_key,
 )
-from dtwz.client import Client
-from dtwz.cluster import LocalCluster
-from dtwz.errors import AccessDenied, ReplayedRequest, UnknownSession
-from dtwz.ids import ObjectId
-from dtwz.keys import Identity
-from dtwz.layout import DATA_START
+from dtwz.security.keys import Identity
 from tests.conftest import running_cluster
 
 OWNER = ObjectId(os.urandom(16))

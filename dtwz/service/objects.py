@@ -46,11 +46,14 @@ from dtwz.errors import (
     TransactionConflict,
     moved_to,
 )
-from dtwz.ids import ZERO_ID, ObjectId
-from dtwz.layout import DATA_START, HEADER_RECORD_SIZE, ObjectHeader
-from dtwz.node.copies import CopyCache
-from dtwz.node.objects import NameResolver, StoredObject
-from dtwz.node.protocol import (
+from dtwz.format.ids import ZERO_ID, ObjectId
+from dtwz.format.layout import DATA_START, HEADER_RECORD_SIZE, ObjectHeader
+from dtwz.resolver.names import split_path
+from dtwz.store.copies import CopyCache
+from dtwz.store.objects import NameResolver, StoredObject
+from dtwz.store.store import Store
+from dtwz.store.transaction import Transaction
+from dtwz.wire.protocol import (
     Ack,
     Create,
     Created,
@@ -67,9 +70,6 @@ from dtwz.node.protocol import (
     TransactResult,
     TxOp,
 )
-from dtwz.node.store import Store
-from dtwz.node.transaction import Transaction
-from dtwz.resolver.names import split_path
 
 log = logging.getLogger(__name__)
 

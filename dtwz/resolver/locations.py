@@ -36,8 +36,8 @@ from hashlib import blake2b
 from itertools import islice
 
 from dtwz.errors import InvalidArgument
-from dtwz.ids import ObjectId
-from dtwz.node.protocol import HomeRecord
+from dtwz.format.ids import ObjectId
+from dtwz.wire.protocol import HomeRecord
 
 __all__ = [
     "DirectoryShard",

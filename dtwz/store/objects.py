@@ -28,8 +28,8 @@ from dtwz.errors import (
     TransactionConflict,
     UnresolvedName,
 )
-from dtwz.ids import ObjectId
-from dtwz.layout import (
+from dtwz.format.ids import ObjectId
+from dtwz.format.layout import (
     DATA_START,
     FOT_ENTRY_SIZE,
     HEADER_RECORD_SIZE,
@@ -37,7 +37,7 @@ from dtwz.layout import (
     ObjectHeader,
     fot_entry_offset,
 )
-from dtwz.pointers import OFFSET_BITS, OFFSET_MASK
+from dtwz.format.pointers import OFFSET_BITS, OFFSET_MASK
 
 NameResolver = Callable[[str, ObjectId], ObjectId]
 """Turns a name held in a name FOT entry (and the object holding it) into an ID."""

@@ -22,7 +22,7 @@ import time
 import weakref
 
 from dtwz.errors import TransactionConflict
-from dtwz.ids import ObjectId
+from dtwz.format.ids import ObjectId
 
 CHECKPOINT_BYTE = 0
 SYNC_BYTE = 1

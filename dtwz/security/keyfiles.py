@@ -31,8 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from dtwz.errors import FormatError, InvalidArgument
-from dtwz.ids import ObjectId
-from dtwz.keys import Identity, PublicKey
+from dtwz.format.ids import ObjectId
+from dtwz.security.keys import Identity, PublicKey
 
 ADMITTED_FILE = "admitted.json"
 ADMIN_FILE = "admin.id"

@@ -16,7 +16,6 @@ import struct
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from dtwz import views
 from dtwz.errors import (
     BadFotIndex,
     CorruptObject,
@@ -29,8 +28,9 @@ from dtwz.errors import (
     TransactionClosed,
     UnresolvedName,
 )
-from dtwz.ids import ZERO_ID, ObjectId, new_nonce
-from dtwz.layout import (
+from dtwz.format import views
+from dtwz.format.ids import ZERO_ID, ObjectId, new_nonce
+from dtwz.format.layout import (
     DATA_START,
     FOT_ENTRY_SIZE,
     FotEntry,
@@ -40,13 +40,13 @@ from dtwz.layout import (
     fot_entry_offset,
     new_header,
 )
-from dtwz.node.locks import _Latch
-from dtwz.node.redo import CreateOp, DeleteOp, RedoOp, WriteOp
-from dtwz.pointers import make_pointer, split_pointer
+from dtwz.format.pointers import make_pointer, split_pointer
+from dtwz.store.locks import _Latch
+from dtwz.store.redo import CreateOp, DeleteOp, RedoOp, WriteOp
 
 if TYPE_CHECKING:
-    from dtwz.node.objects import StoredObject
-    from dtwz.node.store import Store
+    from dtwz.store.objects import StoredObject
+    from dtwz.store.store import Store
 
 DEFAULT_OBJECT_SIZE = 1 << 20
 DEFAULT_POINTER_FLAGS = FotFlags.READ | FotFlags.WRITE
@@ -353,7 +353,7 @@ class Transaction:
             raise UnresolvedName(f"no resolver for name {name!r} (FOT entry {index})")
         return resolver(name, ObjectId(source))
 
-    # -- typed views (dtwz.views) ----------------------------------------------
+    # -- typed views (dtwz.format.views) ----------------------------------------------
 
     def view(self, layout: type[L], oid: ObjectId, offset: int = DATA_START) -> L:
         """A writable typed view at ``oid + offset``."""

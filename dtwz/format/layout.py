@@ -21,7 +21,7 @@ from enum import IntFlag
 from typing import NamedTuple
 
 from dtwz.errors import CorruptObject, FormatError, InvalidArgument
-from dtwz.ids import ID_BYTES, ObjectId, derive_object_id
+from dtwz.format.ids import ID_BYTES, ObjectId, derive_object_id
 
 HEADER_SIZE = 0x1000
 DATA_START = HEADER_SIZE

@@ -24,14 +24,14 @@ import struct
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 from dtwz.errors import InvalidArgument, PointerOutOfBounds
-from dtwz.ids import ObjectId
-from dtwz.layout import DATA_START
-from dtwz.layout import FotFlags as FotFlags
+from dtwz.format.ids import ObjectId
+from dtwz.format.layout import DATA_START
+from dtwz.format.layout import FotFlags as FotFlags
 
 if TYPE_CHECKING:
-    from dtwz.node.objects import StoredObject
-    from dtwz.node.store import Store
-    from dtwz.node.transaction import Transaction
+    from dtwz.store.objects import StoredObject
+    from dtwz.store.store import Store
+    from dtwz.store.transaction import Transaction
 
 
 class Ref(NamedTuple):

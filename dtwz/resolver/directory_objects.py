@@ -44,14 +44,14 @@ from dtwz.errors import (
     NotADirectory,
     ObjectFull,
 )
-from dtwz.ids import ObjectId
-from dtwz.layout import DATA_START, FOT_ENTRY_SIZE, FotEntry, FotFlags, fot_entry_offset
-from dtwz.pointers import OFFSET_BITS
-from dtwz.views import U8, U16, U32, U64, Bytes, Layout, Pointer
+from dtwz.format.ids import ObjectId
+from dtwz.format.layout import DATA_START, FOT_ENTRY_SIZE, FotEntry, FotFlags, fot_entry_offset
+from dtwz.format.pointers import OFFSET_BITS
+from dtwz.format.views import U8, U16, U32, U64, Bytes, Layout, Pointer
 
 if TYPE_CHECKING:
-    from dtwz.node.objects import StoredObject
-    from dtwz.node.transaction import Transaction
+    from dtwz.store.objects import StoredObject
+    from dtwz.store.transaction import Transaction
 
 __all__ = [
     "DIRECTORY_MAGIC",

@@ -1,7 +1,7 @@
 """The worker process that runs code objects' functions next to a node's store.
 
-``python -m dtwz.graph.worker --store DIR --node URL --fd N`` is started and kept
-warm by ``dtwz.graph.runner.CodeRunner``. It maps the node's store to read it
+``python -m dtwz.node.code.worker --store DIR --node URL --fd N`` is started and kept
+warm by ``dtwz.node.code.runner.CodeRunner``. It maps the node's store to read it
 zero-copy and never writes it: user functions get a ``DataClient`` (``api``)
 whose reads come from the store when it holds the object and from the node's
 HTTP API otherwise, and whose writes go through that API, to each object's home.
@@ -41,17 +41,17 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from dtwz.client import DEFAULT_TIMEOUT, Client, ObjectRef, identity_from_env
+from dtwz.client.api import DEFAULT_TIMEOUT, Client, ObjectRef, identity_from_env
 from dtwz.errors import CodeError, DtwzError
+from dtwz.format.ids import ObjectId
+from dtwz.format.layout import DATA_START, HEADER_RECORD_SIZE
 from dtwz.graph.code import CodeBody
-from dtwz.ids import ObjectId
-from dtwz.layout import DATA_START, HEADER_RECORD_SIZE
-from dtwz.node.objects import StoredObject
-from dtwz.node.redo import RedoOp
-from dtwz.node.store import Store
+from dtwz.store.objects import StoredObject
+from dtwz.store.redo import RedoOp
+from dtwz.store.store import Store
 
 if TYPE_CHECKING:
-    from dtwz.node.transaction import Transaction
+    from dtwz.store.transaction import Transaction
 
 __all__ = [
     "FRAME_LIMIT",
@@ -411,7 +411,7 @@ def _send_prints_to_stderr() -> None:
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m dtwz.graph.worker", description="Run code objects next to a store."
+        prog="python -m dtwz.node.code.worker", description="Run code objects next to a store."
     )
     parser.add_argument("--store", required=True, type=Path, help="the node's store folder")
     parser.add_argument("--node", required=True, help="the node's HTTP URL")

@@ -39,7 +39,7 @@ from typing import Annotated, Any, ClassVar, get_args, get_origin
 
 from dtwz import errors
 from dtwz.errors import DtwzError, ProtocolError
-from dtwz.ids import ZERO_ID, ObjectId
+from dtwz.format.ids import ZERO_ID, ObjectId
 
 PROTOCOL_VERSION = 1
 MAGIC = b"DZ"

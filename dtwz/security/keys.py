@@ -23,8 +23,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from dtwz.errors import CorruptObject, FormatError, InvalidArgument
-from dtwz.ids import ZERO_ID, ObjectId, content_object_id
-from dtwz.layout import ObjectFlags, Protection
+from dtwz.format.ids import ZERO_ID, ObjectId, content_object_id
+from dtwz.format.layout import ObjectFlags, Protection
 
 ALG_ED25519 = 1
 PUBLIC_KEY_BYTES = 32

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 
 from dtwz.errors import FormatError
-from dtwz.ids import ObjectId
+from dtwz.format.ids import ObjectId
 
 RECORD_MAGIC = b"DTXR"
 _RECORD = struct.Struct("<4sIIIQQ")

@@ -29,7 +29,6 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from dtwz.capabilities import Capability, KeyLookup
 from dtwz.errors import (
     AccessDenied,
     FormatError,
@@ -39,8 +38,9 @@ from dtwz.errors import (
     ReplayedRequest,
     UnknownSession,
 )
-from dtwz.ids import ObjectId
-from dtwz.keys import SIGNATURE_BYTES, Identity
+from dtwz.format.ids import ObjectId
+from dtwz.security.capabilities import Capability, KeyLookup
+from dtwz.security.keys import SIGNATURE_BYTES, Identity
 
 KEY_HEADER = "X-Dtwz-Key"
 TIMESTAMP_HEADER = "X-Dtwz-Timestamp"

@@ -30,9 +30,9 @@ from dtwz.errors import (
     InvalidCapability,
     ObjectNotFound,
 )
-from dtwz.ids import ID_BYTES, ZERO_ID, ObjectId
-from dtwz.keys import SIGNATURE_BYTES, Identity, PublicKey
-from dtwz.layout import Protection
+from dtwz.format.ids import ID_BYTES, ZERO_ID, ObjectId
+from dtwz.format.layout import Protection
+from dtwz.security.keys import SIGNATURE_BYTES, Identity, PublicKey
 
 CAP_MAGIC = b"DCAP"
 CAP_VERSION = 1

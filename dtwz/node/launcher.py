@@ -6,7 +6,7 @@ different processes::
     <data_dir>/cluster.json        node IDs, ports, URLs and pids
     <data_dir>/<node_id>/store/    the node's object store
     <data_dir>/<node_id>/node.log  the node's stdout and stderr (appended across runs)
-    <data_dir>/keys/               the cluster's keys (``dtwz.keyfiles``): admin identity,
+    <data_dir>/keys/               the cluster's keys (``dtwz.security.keyfiles``): admin identity,
                                    node identities, CurveZMQ keys, admitted.json
 
 Invariants:
@@ -40,10 +40,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dtwz import keyfiles
-from dtwz.client import Client, identity_from_env
+from dtwz.client.api import Client, identity_from_env
 from dtwz.errors import ClusterError, DtwzError, InvalidArgument
-from dtwz.keys import Identity
+from dtwz.security import keyfiles
+from dtwz.security.keys import Identity
 
 __all__ = [
     "LocalCluster",

@@ -1,9 +1,9 @@
 """Running code objects' functions in a warm worker process next to the store.
 
 ``CodeRunner`` lives in a node's event loop. It starts one worker
-(``dtwz.graph.worker``) the first time it is needed and keeps it for later
+(``dtwz.node.code.worker``) the first time it is needed and keeps it for later
 calls, one call at a time. The worker talks over its own socket pair (frames
-described in ``dtwz.graph.worker``); its stderr, where user code's prints also
+described in ``dtwz.node.code.worker``); its stderr, where user code's prints also
 go, is drained continuously so it never blocks, and its tail explains a death.
 
 Invariants: every worker started is reaped before the runner forgets it; a call
@@ -24,15 +24,14 @@ import site
 import socket
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import dtwz
 from dtwz.errors import CodeError, CodeTimeout, InvalidArgument
-from dtwz.graph.code import CodeBody
-from dtwz.graph.worker import FRAME_PREFIX, decode_frame, encode_frame, frame_length
-from dtwz.ids import ObjectId
+from dtwz.format.ids import ObjectId
+from dtwz.graph.code import CodeBody, RunOutcome
+from dtwz.node.code.worker import FRAME_PREFIX, decode_frame, encode_frame, frame_length
 
 __all__ = ["CodeRunner", "RunOutcome"]
 
@@ -43,15 +42,6 @@ STOP_TIMEOUT = 5.0
 _REAP_TIMEOUT = 10.0  # after SIGKILL the kernel reaps quickly; never wait forever
 _STDERR_TAIL = 8192
 _EXIT_GRACE = 2.0  # for a worker that closed its socket to finish exiting by itself
-
-
-@dataclass(frozen=True, slots=True)
-class RunOutcome:
-    """What a call returned (JSON), its counters and the seconds the function ran."""
-
-    result: Any
-    stats: dict[str, int]
-    elapsed: float
 
 
 class _WorkerGone(Exception):
@@ -87,7 +77,7 @@ class _Worker:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
-                "dtwz.graph.worker",
+                "dtwz.node.code.worker",
                 "--store",
                 str(store_dir),
                 "--node",

@@ -5,7 +5,7 @@ Theory of operation
 Objects are sparse files under ``objects/xx/<id>``, mapped shared into every
 process that opens the store, so reads are zero-copy memoryviews.
 
-Writes happen only in transactions (``dtwz.node.transaction``). A transaction
+Writes happen only in transactions (``dtwz.store.transaction``). A transaction
 locks each object it writes (two-phase locking), buffers its writes, and commits
 in three steps while holding the checkpoint lock shared:
 
@@ -46,11 +46,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
-from dtwz import views
 from dtwz.errors import CorruptObject, FormatError, ObjectNotFound, StoreError
-from dtwz.ids import ObjectId
-from dtwz.layout import DATA_START, HEADER_RECORD_SIZE, ObjectHeader
-from dtwz.node.locks import (
+from dtwz.format import views
+from dtwz.format.ids import ObjectId
+from dtwz.format.layout import DATA_START, HEADER_RECORD_SIZE, ObjectHeader
+from dtwz.store.locks import (
     APPEND_BYTE,
     CHECKPOINT_BYTE,
     SYNC_BYTE,
@@ -59,11 +59,11 @@ from dtwz.node.locks import (
     ProcessMutex,
     ProcessSharedLock,
 )
-from dtwz.node.objects import NameResolver, StoredObject
-from dtwz.node.redo import CreateOp, DeleteOp, RedoOp, WriteOp, decode_log, encode_record
+from dtwz.store.objects import NameResolver, StoredObject
+from dtwz.store.redo import CreateOp, DeleteOp, RedoOp, WriteOp, decode_log, encode_record
 
 if TYPE_CHECKING:
-    from dtwz.node.transaction import Transaction
+    from dtwz.store.transaction import Transaction
 
 STORE_FORMAT = 1
 _CTL_MAGIC = b"DTWZCTL1"
@@ -335,7 +335,7 @@ class Store:
         return views.view(self, layout, oid, offset)  # type: ignore[no-any-return]
 
     def transaction(self) -> Transaction:
-        from dtwz.node.transaction import Transaction
+        from dtwz.store.transaction import Transaction
 
         return Transaction(self)
 

@@ -17,13 +17,13 @@ import networkx as nx
 
 from dtwz import errors
 from dtwz.errors import DtwzError, InvalidArgument, ProtocolError
+from dtwz.format.ids import ObjectId
+from dtwz.format.layout import DATA_START, ObjectFlags
 from dtwz.graph import model, stream
 from dtwz.graph.code import CodeBody, code_from_function
-from dtwz.ids import ObjectId
-from dtwz.layout import DATA_START, ObjectFlags
 
 if TYPE_CHECKING:
-    from dtwz.client import Client, ObjectRef
+    from dtwz.client.api import Client, ObjectRef
 
 Progress = Callable[[int, int, int], None]  # (objects done, bytes done, objects in all)
 

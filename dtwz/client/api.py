@@ -15,7 +15,7 @@ failure. Reads are retried once unless they timed out (a retry would only double
 the wait). So a call returns or raises within about two ``timeout`` periods.
 
 Copies: ``get`` fetches an object's image (header record, data, FOT) into an
-anonymous mapping (``dtwz.node.copies``), checks its ID against its metadata and
+anonymous mapping (``dtwz.store.copies``), checks its ID against its metadata and
 keeps it, tagged with its version. The client is the ``ObjectSource`` of those
 copies, so ``obj.follow(word)`` and the Pointer fields of ``view`` fetch targets
 on demand. Cached copies are never updated behind the caller's back: they are
@@ -26,9 +26,9 @@ Names: wherever an object ID is taken, a name of the namespace (``/kvs/index``) 
 taken too. The node resolves it from its name cache, which the directories' homes
 keep honest by invalidating copies, so the client keeps no name cache of its own.
 Late-bound pointers (FOT name entries) in copies resolve so, at every dereference.
-``dtwz.connect()`` (``dtwz.cluster.connect``) finds a node by itself.
+``dtwz.connect()`` (``dtwz.node.launcher.connect``) finds a node by itself.
 
-Security: with an ``identity``, every request is signed (``dtwz.auth``) for the
+Security: with an ``identity``, every request is signed (``dtwz.security.auth``) for the
 node's ID as audience (learnt once from ``/health``) and carries the
 capabilities added with ``add_capability``. A node that does not know the key
 answers ``UnknownKey``; the client then stores its key object and sends the
@@ -52,18 +52,7 @@ from urllib.parse import urlencode, urlsplit
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
 from dtwz import errors
-from dtwz.auth import (
-    CAPABILITY_HEADER,
-    SESSION_TTL,
-    body_sha256,
-    client_session_keys,
-    encode_capability_header,
-    link_query,
-    mac_request,
-    session_key,
-    sign_request,
-)
-from dtwz.capabilities import Capability
+from dtwz.client import graph as remote
 from dtwz.errors import (
     ClusterError,
     CorruptObject,
@@ -77,15 +66,27 @@ from dtwz.errors import (
     UnknownSession,
     UnresolvedName,
 )
-from dtwz.graph import remote, stream
-from dtwz.ids import ObjectId
-from dtwz.keys import Identity
-from dtwz.layout import DATA_START, HEADER_RECORD_SIZE, ObjectHeader
-from dtwz.node.copies import CopyCache
-from dtwz.node.objects import NameResolver, StoredObject
-from dtwz.node.transaction import DEFAULT_OBJECT_SIZE
+from dtwz.format.ids import ObjectId
+from dtwz.format.layout import DATA_START, HEADER_RECORD_SIZE, ObjectHeader
+from dtwz.format.views import Layout
+from dtwz.graph import stream
 from dtwz.resolver.names import is_name, split_path
-from dtwz.views import Layout
+from dtwz.security.auth import (
+    CAPABILITY_HEADER,
+    SESSION_TTL,
+    body_sha256,
+    client_session_keys,
+    encode_capability_header,
+    link_query,
+    mac_request,
+    session_key,
+    sign_request,
+)
+from dtwz.security.capabilities import Capability
+from dtwz.security.keys import Identity
+from dtwz.store.copies import CopyCache
+from dtwz.store.objects import NameResolver, StoredObject
+from dtwz.store.transaction import DEFAULT_OBJECT_SIZE
 
 if TYPE_CHECKING:
     import networkx as nx
@@ -684,7 +685,7 @@ class Client:
         with self._copies_lock:
             self._copies.invalidate(oid, version)
 
-    # -- the object graph (dtwz.graph.remote) -------------------------------------------
+    # -- the object graph (dtwz.client.graph) -------------------------------------------
 
     def walk(
         self,

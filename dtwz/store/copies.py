@@ -17,9 +17,9 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from dtwz.errors import CorruptObject
-from dtwz.ids import ObjectId
-from dtwz.layout import DATA_START, HEADER_RECORD_SIZE, ObjectHeader
-from dtwz.node.objects import ObjectSource, StoredObject
+from dtwz.format.ids import ObjectId
+from dtwz.format.layout import DATA_START, HEADER_RECORD_SIZE, ObjectHeader
+from dtwz.store.objects import ObjectSource, StoredObject
 
 
 @dataclass(slots=True)
