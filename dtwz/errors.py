@@ -46,31 +46,74 @@ so callers never have to know which library sat underneath::
 
 ``InvalidArgument`` (also a ``ValueError``) covers bad sizes, offsets and flags
 given by a caller; ``InvalidName`` is one too, so a bad path is a usage error.
+
+The boundary
+------------
+Errors cross the peer wire and HTTP by name: ``describe`` turns an exception into
+``(kind, message, fields)`` and ``rebuild`` raises it again on the other side as
+the same class, looked up only among the classes drawn above. Each class says
+which HTTP status it answers with (``http_status``, inherited from its bases),
+and an error with data of its own carries it as attributes and ``fields()``
+(``ObjectMoved.home`` and ``.epoch``), never as text for the caller to parse.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+_CLASSES: dict[str, type[DtwzError]] = {}
+
+
+_MOVED = re.compile(r"moved to node (\S+) \(epoch (\d+)\)")
 
 
 class DtwzError(Exception):
     """Base of every error dtwz raises on purpose."""
 
+    http_status: ClassVar[int] = 500
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.__module__ == __name__:
+            _CLASSES[cls.__name__] = cls
+
+    def fields(self) -> dict[str, Any]:
+        """Data of the error beyond its message, for the wire and HTTP (JSON values)."""
+        return {}
+
+    @classmethod
+    def rebuild(cls, message: str, fields: Mapping[str, Any]) -> DtwzError:
+        """The error again from its message and ``fields()``, on the caller's side."""
+        return cls(message)
+
+
+_CLASSES["DtwzError"] = DtwzError
+
 
 class InvalidArgument(DtwzError, ValueError):
     """A caller passed a value outside what the operation accepts."""
+
+    http_status = 400
 
 
 class FormatError(DtwzError):
     """Bytes that do not decode into the structure they should hold."""
 
+    http_status = 400
+
 
 class CorruptObject(FormatError):
     """An object whose stored bytes fail their checks."""
 
+    http_status = 500
+
 
 class PointerError(DtwzError):
     """A persistent pointer that cannot be followed."""
+
+    http_status = 400
 
 
 class NullPointer(PointerError):
@@ -92,21 +135,31 @@ class PointerOutOfBounds(PointerError):
 class UnresolvedName(PointerError):
     """A name entry that no resolver could turn into an object ID."""
 
+    http_status = 404
+
 
 class ObjectNotFound(DtwzError):
     """No object with this ID exists here."""
+
+    http_status = 404
 
 
 class ObjectFull(DtwzError):
     """The object's data area and FOT would overlap."""
 
+    http_status = 409
+
 
 class ReadOnlyObject(DtwzError):
     """A write to an immutable object after its creating transaction."""
 
+    http_status = 409
+
 
 class TransactionError(DtwzError):
     """A transaction could not run as asked."""
+
+    http_status = 409
 
 
 class TransactionClosed(TransactionError):
@@ -128,9 +181,13 @@ class ProtocolError(DtwzError):
 class NamespaceError(DtwzError):
     """A name operation that cannot be done as asked (docs/NAMES.md)."""
 
+    http_status = 409
+
 
 class NameNotFound(NamespaceError):
     """No binding for a component of the path."""
+
+    http_status = 404
 
 
 class NameExists(NamespaceError):
@@ -148,13 +205,19 @@ class DirectoryNotEmpty(NamespaceError):
 class SymlinkLoop(NamespaceError):
     """More symbolic links on one path than the limit: a loop, or close enough."""
 
+    http_status = 400
+
 
 class InvalidName(NamespaceError, InvalidArgument):
     """A malformed or overlong name or path (also an ``InvalidArgument``)."""
 
+    http_status = 400
+
 
 class ClusterError(DtwzError):
     """A request that needed another node could not be served."""
+
+    http_status = 503
 
 
 class PeerUnavailable(ClusterError):
@@ -170,33 +233,62 @@ class StaleLocation(ClusterError):
 
 
 class ObjectMoved(StaleLocation):
-    """The object's home moved (migration). Only type and text cross the wire, so
-    the text always ends ``moved to node NODE (epoch N)``: see ``moved_to``."""
+    """The object's home moved (migration): ``home`` is the new home and ``epoch``
+    the epoch of its location record, both ``None`` when the sender did not know.
+
+    The peer wire carries type and text only, so the text always ends
+    ``moved to node NODE (epoch N)``; this class is the one place that reads it.
+    """
+
+    def __init__(self, message: str, *, home: str | None = None, epoch: int | None = None):
+        if home is None:
+            match = _MOVED.search(message)
+            if match:
+                home, epoch = match.group(1), int(match.group(2))
+        elif _MOVED.search(message) is None:
+            message = f"{message} moved to node {home} (epoch {epoch or 0})"
+        super().__init__(message)
+        self.home = home
+        self.epoch = epoch
+
+    def fields(self) -> dict[str, Any]:
+        return {"home": self.home, "epoch": self.epoch} if self.home is not None else {}
+
+    @classmethod
+    def rebuild(cls, message: str, fields: Mapping[str, Any]) -> DtwzError:
+        home, epoch = fields.get("home"), fields.get("epoch")
+        if isinstance(home, str) and isinstance(epoch, int):
+            return cls(message, home=home, epoch=epoch)
+        return cls(message)
 
 
 class MigrationError(ClusterError):
     """A migration could not be carried out (the object stays at its old home)."""
 
+    http_status = 409
+
 
 class GraphError(DtwzError):
     """The object-graph service could not do what was asked."""
+
+    http_status = 400
 
 
 class CodeError(GraphError):
     """A code object is malformed, or its function raised or could not run."""
 
+    http_status = 422
+
 
 class CodeTimeout(CodeError):
     """A code object's function ran past its time limit and was stopped."""
 
-
-_MOVED = re.compile(r"moved to node (\S+) \(epoch (\d+)\)")
+    http_status = 504
 
 
 def moved_to(exc: ObjectMoved) -> tuple[str, int] | None:
-    """(new home, epoch) named by an ``ObjectMoved`` error, if its text says so."""
-    match = _MOVED.search(str(exc))
-    return (match.group(1), int(match.group(2))) if match else None
+    """(new home, epoch) named by an ``ObjectMoved`` error, if it knows them."""
+    return (exc.home, exc.epoch or 0) if exc.home is not None else None
 
 
 class AccessDenied(DtwzError):
@@ -206,6 +298,8 @@ class AccessDenied(DtwzError):
     or request simply does not cover what was asked (other object, other accessor,
     missing rights, bytes outside its gate).
     """
+
+    http_status = 403
 
 
 class InvalidCapability(AccessDenied):
@@ -220,12 +314,62 @@ class ReplayedRequest(AccessDenied):
     """A signed request whose nonce was seen before, or whose timestamp is outside
     the window in which replays can be recognised."""
 
+    http_status = 401
+
 
 class UnknownSession(AccessDenied):
     """A request made in a session the node does not have (expired, or the node
     restarted): the client should open a new session and send it again."""
 
+    http_status = 401
+
 
 class UnknownKey(AccessDenied):
     """A signed request whose key the cluster does not know: the client should store
     its public key object (``POST /keys``) and send the request again."""
+
+    http_status = 401
+
+
+_MAX_TEXT = 4096  # characters of message kept: an error must always fit its reply
+
+
+def describe(exc: BaseException) -> tuple[str, str, dict[str, Any]]:
+    """(kind, message, fields) of an exception as it crosses the wire or HTTP.
+
+    dtwz errors keep their class name; anything else is a bug on the sender's side
+    and travels as a plain ``DtwzError``. The message is cut to 4,096 characters
+    and made valid UTF-8, so the reply that carries it always encodes.
+    """
+    if isinstance(exc, DtwzError):
+        kind, fields = type(exc).__name__, exc.fields()
+    else:
+        kind, fields = "DtwzError", {}
+    text = str(exc) or kind
+    if len(text) > _MAX_TEXT:
+        text = text[:_MAX_TEXT] + "..."
+    return kind, text.encode("utf-8", "replace").decode("utf-8"), fields
+
+
+def rebuild(
+    kind: str,
+    message: str,
+    fields: Mapping[str, Any] | None = None,
+    *,
+    unknown: type[DtwzError] | None = None,
+) -> DtwzError:
+    """The error a peer or node described, as the same ``dtwz.errors`` class.
+
+    ``kind`` is looked up only among the classes of this module. A kind this side
+    does not know becomes ``unknown`` (``DtwzError`` by default) with the kind kept
+    at the front of the message.
+    """
+    cls = _CLASSES.get(kind)
+    if cls is None:
+        return (unknown or DtwzError)(f"{kind}: {message}")
+    return cls.rebuild(message, fields or {})
+
+
+def http_status(exc: BaseException) -> int:
+    """The HTTP status an error answers with: its class's, inherited from its bases."""
+    return exc.http_status if isinstance(exc, DtwzError) else 500

@@ -935,11 +935,9 @@ def _error_from(response: _Response, url: str) -> DtwzError:
     except (ValueError, KeyError, TypeError):
         text = response.body[:200].decode("utf-8", "replace").strip()
         return ClusterError(f"node {url} answered HTTP {response.status}: {text}")
-    cls = getattr(errors, kind, None)
-    if not (isinstance(cls, type) and issubclass(cls, DtwzError)):
-        cls = ClusterError if response.status >= 500 else DtwzError
-        message = f"{kind}: {message}"
-    return cls(message)
+    return errors.rebuild(
+        kind, message, doc, unknown=ClusterError if response.status >= 500 else DtwzError
+    )
 
 
 class RemoteTransaction:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import networkx as nx
 
 from dtwz import errors
-from dtwz.errors import DtwzError, InvalidArgument, ProtocolError
+from dtwz.errors import InvalidArgument, ProtocolError
 from dtwz.format.ids import ObjectId
 from dtwz.format.layout import DATA_START, ObjectFlags
 from dtwz.graph import model, stream
@@ -92,10 +92,7 @@ def prefetch(
         if kind == stream.EVENT:
             doc = stream.decode_event(payload)
             if doc["event"] == "error":
-                cls = getattr(errors, str(doc.get("kind")), None)
-                if not (isinstance(cls, type) and issubclass(cls, DtwzError)):
-                    cls = DtwzError
-                raise cls(str(doc.get("message")))
+                raise errors.rebuild(str(doc.get("kind")), str(doc.get("message")), doc)
             if doc["event"] == "plan":
                 plan = doc
                 total = int(doc["objects"])

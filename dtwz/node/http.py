@@ -76,43 +76,6 @@ if TYPE_CHECKING:
     from dtwz.node.server import Node
     from dtwz.resolver.namespace import Namespace
 
-_STATUS = {
-    "ObjectNotFound": 404,
-    "InvalidArgument": 400,
-    "FormatError": 400,
-    "PointerError": 400,
-    "PointerOutOfBounds": 400,
-    "NullPointer": 400,
-    "BadFotIndex": 400,
-    "InvalidFotEntry": 400,
-    "TransactionConflict": 409,
-    "ObjectFull": 409,
-    "ReadOnlyObject": 409,
-    "HomeUnreachable": 503,
-    "PeerUnavailable": 503,
-    "ClusterError": 503,
-    "StaleLocation": 503,
-    "CorruptObject": 500,
-    "UnresolvedName": 404,
-    "NamespaceError": 409,
-    "NameNotFound": 404,
-    "NameExists": 409,
-    "NotADirectory": 409,
-    "DirectoryNotEmpty": 409,
-    "SymlinkLoop": 400,
-    "InvalidName": 400,
-    "ObjectMoved": 503,
-    "MigrationError": 409,
-    "GraphError": 400,
-    "CodeError": 422,
-    "CodeTimeout": 504,
-    "AccessDenied": 403,
-    "InvalidCapability": 403,
-    "CapabilityExpired": 403,
-    "ReplayedRequest": 401,
-    "UnknownKey": 401,
-    "UnknownSession": 401,
-}
 # no signature needed: liveness, metrics and the member list reveal no object data
 OPEN_ROUTES = frozenset({"/health", "/ready", "/metrics", "/cluster", "/"})
 _OP_KINDS = {
@@ -243,9 +206,9 @@ def build_app(node: Node) -> web.Application:
             await _authenticate(request, route)
             response = await handler(request)
         except DtwzError as exc:
-            kind = type(exc).__name__
+            kind, message, fields = errors.describe(exc)
             response = web.json_response(
-                {"error": kind, "message": str(exc)}, status=_STATUS.get(kind, 500)
+                {"error": kind, "message": message, **fields}, status=errors.http_status(exc)
             )
         except web.HTTPException as exc:
             response = web.json_response(

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from dtwz import errors
 from dtwz.errors import AccessDenied, DtwzError, InvalidArgument
 from dtwz.format.ids import ObjectId
 from dtwz.graph import model, render, stream
@@ -150,9 +151,7 @@ async def prefetch(request: web.Request) -> web.StreamResponse:
             stats = {**stats, "sent": sent, "sent_bytes": sent_bytes}
         await response.write(stream.event({"event": "done", "objects": len(objects), **stats}))
     except DtwzError as exc:
-        await response.write(
-            stream.event({"event": "error", "kind": type(exc).__name__, "message": str(exc)})
-        )
+        await response.write(stream.event({"event": "error", **_error_doc(exc)}))
     await response.write_eof()
     return response
 
@@ -234,3 +233,8 @@ async def run_code(request: web.Request) -> web.Response:
         timeout=float(timeout),
     )
     return web.json_response(report, dumps=lambda doc: json.dumps(doc, allow_nan=False))
+
+
+def _error_doc(exc: BaseException) -> dict[str, Any]:
+    kind, message, fields = errors.describe(exc)
+    return {"kind": kind, "message": message, **fields}

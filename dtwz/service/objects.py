@@ -44,7 +44,6 @@ from dtwz.errors import (
     PointerOutOfBounds,
     StaleLocation,
     TransactionConflict,
-    moved_to,
 )
 from dtwz.format.ids import ZERO_ID, ObjectId
 from dtwz.format.layout import DATA_START, HEADER_RECORD_SIZE, ObjectHeader
@@ -227,11 +226,10 @@ class ObjectService:
     async def _relocate(self, oid: ObjectId, exc: Exception) -> HomeRecord:
         """Where ``oid`` lives after a home said it does not: the forwarding address
         an ``ObjectMoved`` carries, else a fresh directory lookup."""
-        moved = moved_to(exc) if isinstance(exc, ObjectMoved) else None
-        if moved is None:
+        if not isinstance(exc, ObjectMoved) or exc.home is None:
             return await self.cluster.locate(oid, refresh=True)
         self.stats["moved_redirects"] += 1
-        record = HomeRecord(oid, moved[0], 0, moved[1])
+        record = HomeRecord(oid, exc.home, 0, exc.epoch or 0)
         self.cluster.learn_location(record)
         return record
 
@@ -413,7 +411,7 @@ class ObjectService:
             return
         forward = self.forwarding(oid)
         if forward is not None:
-            raise ObjectMoved(f"object {oid.hex()} moved to node {forward[0]} (epoch {forward[1]})")
+            raise ObjectMoved(f"object {oid.hex()}", home=forward[0], epoch=forward[1])
         raise ObjectNotFound(f"object {oid.hex()} is not homed on {self.cluster.node_id}")
 
     async def once(self, txn_id: bytes, run: Callable[[], Awaitable[_M]]) -> _M:

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any, ClassVar, get_args, get_origin
 
 from dtwz import errors
-from dtwz.errors import DtwzError, ProtocolError
+from dtwz.errors import ProtocolError
 from dtwz.format.ids import ZERO_ID, ObjectId
 
 PROTOCOL_VERSION = 1
@@ -789,26 +789,13 @@ def decode(frames: Sequence[Frame]) -> tuple[Message, int, bool]:
     return cls(**values), request_id, is_reply
 
 
-_MAX_ERROR_TEXT = 4096  # characters: at most 16 KiB of UTF-8, well inside a str field
-
-
 def error_reply(exc: BaseException) -> ErrorReply:
-    """The wire form of an exception: dtwz errors keep their type, others become DtwzError.
-
-    The message is cut to ``_MAX_ERROR_TEXT`` characters and made valid UTF-8, so the
-    reply always encodes: an error that cannot be sent would reach the caller only
-    as a timeout.
-    """
-    kind = type(exc).__name__ if isinstance(exc, DtwzError) else "DtwzError"
-    text = str(exc) or kind
-    if len(text) > _MAX_ERROR_TEXT:
-        text = text[:_MAX_ERROR_TEXT] + "..."
-    return ErrorReply(kind, text.encode("utf-8", "replace").decode("utf-8"))
+    """The wire form of an exception (``errors.describe``): dtwz errors keep their
+    type, others become DtwzError; the text always fits the reply."""
+    kind, message, _ = errors.describe(exc)
+    return ErrorReply(kind, message)
 
 
 def raise_error(reply: ErrorReply) -> typing.NoReturn:
     """Raise on the caller the error a peer sent, as the same dtwz.errors type."""
-    cls = getattr(errors, reply.kind, None)
-    if not (isinstance(cls, type) and issubclass(cls, DtwzError)):
-        cls = DtwzError
-    raise cls(reply.message)
+    raise errors.rebuild(reply.kind, reply.message)
