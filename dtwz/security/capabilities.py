@@ -1,4 +1,4 @@
-"""Capabilities: signed, delegable grants of rights on one object (DESIGN §6).
+"""Capabilities: signed, delegable grants of rights on one object (docs/SECURITY.md).
 
 A ``Capability`` says "accessor may use target with these rights until expiry,
 within this gate". The root of a chain is signed by the target's owner (the key
@@ -527,7 +527,7 @@ def _lookup(key_lookup: KeyLookup, kuid: ObjectId) -> PublicKey:
 
 def default_allows(default_prot: Protection | int, rights_needed: Rights | int) -> bool:
     """True when an object's default protections allow ``rights_needed`` without any
-    capability (DESIGN §1). DELEGATE is never a default: there is nothing to delegate."""
+    capability (docs/FORMAT.md). DELEGATE is never a default: there is nothing to delegate."""
     needed = int(rights_needed)
     if needed & Rights.DELEGATE:
         return False
