@@ -15,23 +15,71 @@
 
 A view is just (object, offset): reading a field unpacks it straight from the
 mapping, and a view bound to a transaction reads its own writes and writes
-through the transaction. Fields are little-endian and naturally aligned.
+through the transaction. Fields are little-endian and naturally aligned
+(docs/FORMAT.md).
+
+Views sit below the store: what they need of it is said here as three small
+protocols, ``ObjectBytes`` (a mapped object's bytes and pointer dereference),
+``ObjectReader`` (where read-only views find objects) and ``ViewWriter`` (a
+transaction's reads, writes and pointers). ``dtwz.store`` satisfies them; so
+does a client's cache of copies.
 """
 
 from __future__ import annotations
 
 import struct
-from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
+from typing import Any, ClassVar, NamedTuple, Protocol
 
 from dtwz.errors import InvalidArgument, PointerOutOfBounds
 from dtwz.format.ids import ObjectId
-from dtwz.format.layout import DATA_START
+from dtwz.format.layout import DATA_START, ObjectHeader
 from dtwz.format.layout import FotFlags as FotFlags
 
-if TYPE_CHECKING:
-    from dtwz.store.objects import StoredObject
-    from dtwz.store.store import Store
-    from dtwz.store.transaction import Transaction
+
+class ObjectBytes(Protocol):
+    """One object's committed bytes, as a read-only view reads them (``StoredObject``)."""
+
+    @property
+    def object_id(self) -> ObjectId: ...
+
+    @property
+    def max_size(self) -> int: ...
+
+    @property
+    def view(self) -> memoryview:
+        """The whole object, read-only and zero-copy."""
+        ...
+
+    def follow(self, word: int) -> tuple[ObjectBytes, int]:
+        """Dereference a pointer word stored in this object: (target, offset)."""
+        ...
+
+
+class ObjectReader(Protocol):
+    """Where read-only views find objects by ID (a ``Store``, a client's cache)."""
+
+    def get(self, oid: ObjectId) -> ObjectBytes: ...
+
+
+class ViewWriter(Protocol):
+    """What a writable view asks of its transaction (``Transaction``): reads that
+    see the transaction's own writes, writes, allocation and pointers."""
+
+    def header(self, oid: ObjectId) -> ObjectHeader: ...
+
+    def read(self, oid: ObjectId, offset: int, length: int) -> bytes: ...
+
+    def read_u64(self, oid: ObjectId, offset: int) -> int: ...
+
+    def write(self, oid: ObjectId, offset: int, data: bytes) -> None: ...
+
+    def alloc(self, oid: ObjectId, size: int, align: int = 8) -> int: ...
+
+    def follow(self, source: ObjectId, word: int) -> tuple[ObjectId, int]: ...
+
+    def pointer_to(
+        self, source: ObjectId, target: ObjectId, offset: int, flags: FotFlags
+    ) -> int: ...
 
 
 class Ref(NamedTuple):
@@ -199,10 +247,10 @@ class Layout:
     """Base of typed views. Subclasses declare ``Field``s as class attributes."""
 
     __slots__ = ("_obj", "_offset", "_oid", "_tx")
-    _obj: StoredObject
+    _obj: ObjectBytes
     _offset: int
     _oid: ObjectId
-    _tx: Transaction | None
+    _tx: ViewWriter | None
     SIZE: ClassVar[int] = 0
     ALIGN: ClassVar[int] = 8
     FIELDS: ClassVar[dict[str, Field]] = {}
@@ -245,7 +293,7 @@ class Layout:
         raise TypeError("create views with store.view(), tx.view() or tx.new()")
 
     @classmethod
-    def _at(cls, obj: StoredObject, offset: int) -> Any:
+    def _at(cls, obj: ObjectBytes, offset: int) -> Any:
         if offset < DATA_START or offset + cls.SIZE > obj.max_size:
             raise PointerOutOfBounds(
                 f"{cls.__name__} of {cls.SIZE} bytes at {offset:#x} does not fit in "
@@ -259,7 +307,7 @@ class Layout:
         return view
 
     @classmethod
-    def _in_tx(cls, tx: Transaction, oid: ObjectId, offset: int) -> Any:
+    def _in_tx(cls, tx: ViewWriter, oid: ObjectId, offset: int) -> Any:
         max_size = tx.header(oid).max_size
         if offset < DATA_START or offset + cls.SIZE > max_size:
             raise PointerOutOfBounds(
@@ -312,15 +360,15 @@ class Layout:
         return f"{type(self).__name__}@{self._oid.hex()}:{self._offset:#x}"
 
 
-def view(store: Store, layout: type[Layout], oid: ObjectId, offset: int = DATA_START) -> Any:
+def view(store: ObjectReader, layout: type[Layout], oid: ObjectId, offset: int = DATA_START) -> Any:
     return layout._at(store.get(oid), offset)
 
 
-def tx_view(tx: Transaction, layout: type[Layout], oid: ObjectId, offset: int = DATA_START) -> Any:
+def tx_view(tx: ViewWriter, layout: type[Layout], oid: ObjectId, offset: int = DATA_START) -> Any:
     return layout._in_tx(tx, oid, offset)
 
 
-def tx_new(tx: Transaction, layout: type[Layout], oid: ObjectId, **values: Any) -> Any:
+def tx_new(tx: ViewWriter, layout: type[Layout], oid: ObjectId, **values: Any) -> Any:
     offset = tx.alloc(oid, layout.SIZE, layout.ALIGN)
     new = layout._in_tx(tx, oid, offset)
     for name, value in values.items():

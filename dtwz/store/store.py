@@ -44,7 +44,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TypeVar
 
 from dtwz.errors import CorruptObject, FormatError, ObjectNotFound, StoreError
 from dtwz.format import views
@@ -61,9 +61,7 @@ from dtwz.store.locks import (
 )
 from dtwz.store.objects import NameResolver, StoredObject
 from dtwz.store.redo import CreateOp, DeleteOp, RedoOp, WriteOp, decode_log, encode_record
-
-if TYPE_CHECKING:
-    from dtwz.store.transaction import Transaction
+from dtwz.store.transaction import Transaction
 
 STORE_FORMAT = 1
 _CTL_MAGIC = b"DTWZCTL1"
@@ -335,8 +333,6 @@ class Store:
         return views.view(self, layout, oid, offset)  # type: ignore[no-any-return]
 
     def transaction(self) -> Transaction:
-        from dtwz.store.transaction import Transaction
-
         return Transaction(self)
 
     # -- commit path -----------------------------------------------------------

@@ -7,14 +7,15 @@ version bumped) and hands it to the store, which makes it durable and applies it
 Nothing of an aborted or interrupted transaction ever reaches an object.
 
 Used as a context manager, a transaction commits when the block ends normally
-and aborts when it raises.
+and aborts when it raises. What a transaction needs of its store is the small
+``CommitTarget`` protocol below, so this module does not import the store.
 """
 
 from __future__ import annotations
 
 import struct
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from dtwz.errors import (
     BadFotIndex,
@@ -41,17 +42,33 @@ from dtwz.format.layout import (
     new_header,
 )
 from dtwz.format.pointers import make_pointer, split_pointer
-from dtwz.store.locks import _Latch
+from dtwz.store.locks import ObjectLocks, _Latch
+from dtwz.store.objects import NameResolver, StoredObject
 from dtwz.store.redo import CreateOp, DeleteOp, RedoOp, WriteOp
-
-if TYPE_CHECKING:
-    from dtwz.store.objects import StoredObject
-    from dtwz.store.store import Store
 
 DEFAULT_OBJECT_SIZE = 1 << 20
 DEFAULT_POINTER_FLAGS = FotFlags.READ | FotFlags.WRITE
 _U64 = struct.Struct("<Q")
 L = TypeVar("L", bound=views.Layout)
+
+
+class CommitTarget(Protocol):
+    """What a transaction needs of its store (``dtwz.store.store.Store``)."""
+
+    @property
+    def name_resolver(self) -> NameResolver | None: ...
+
+    @property
+    def object_locks(self) -> ObjectLocks: ...
+
+    def get(self, oid: ObjectId) -> StoredObject: ...
+
+    def exists(self, oid: ObjectId) -> bool: ...
+
+    def commit(self, ops: list[RedoOp]) -> None:
+        """Append, make durable and apply one redo record; the caller holds the
+        locks of every object the ops write."""
+        ...
 
 
 class _Pending:
@@ -82,7 +99,7 @@ class _Pending:
 
 
 class Transaction:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: CommitTarget) -> None:
         self._store = store
         self._pending: dict[bytes, _Pending] = {}
         self._open = True
@@ -353,7 +370,7 @@ class Transaction:
             raise UnresolvedName(f"no resolver for name {name!r} (FOT entry {index})")
         return resolver(name, ObjectId(source))
 
-    # -- typed views (dtwz.format.views) ----------------------------------------------
+    # -- typed views (dtwz.format.views) ---------------------------------------
 
     def view(self, layout: type[L], oid: ObjectId, offset: int = DATA_START) -> L:
         """A writable typed view at ``oid + offset``."""
