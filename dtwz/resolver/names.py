@@ -1,8 +1,10 @@
-"""The name half of the resolver, pure: path rules, the root's identity, the walk, the cache.
+"""The name half of the resolver, pure: the root's identity, the walk, the cache.
 
 Theory of operation
 -------------------
-A name is an absolute path (``/kvs/index``). It is resolved by walking directory
+A name is an absolute path (``/kvs/index``); its syntax (``split_path``,
+``check_name`` and the limits) lives in ``dtwz.format.names`` and is re-exported
+here (docs/NAMES.md). It is resolved by walking directory
 objects (``dtwz.resolver.directory_objects``) from the root, whose ID every node derives
 from the cluster's identity (``root_id``), so no node has to ask where the
 namespace starts.
@@ -21,9 +23,8 @@ local objects and its copies, which the homes invalidate on every commit). So a
 rebinding anywhere on a path is seen by the next lookup, with no timer and no
 extra round trip.
 
-Limits (refused with ``InvalidName`` or ``SymlinkLoop``): a name component is 1 to
-255 bytes of UTF-8 without ``/`` or NUL and is not ``.`` or ``..``; a path is at
-most 4096 bytes and 64 components; a walk follows at most 32 symbolic links.
+Limits: a walk follows at most 32 symbolic links (``SymlinkLoop``); the limits of
+names and paths are those of ``dtwz.format.names`` (``InvalidName``).
 """
 
 from __future__ import annotations
@@ -37,6 +38,16 @@ from typing import TYPE_CHECKING
 from dtwz.errors import InvalidName, NameNotFound, NotADirectory, SymlinkLoop
 from dtwz.format.ids import ZERO_ID, ObjectId, derive_object_id
 from dtwz.format.layout import Protection
+from dtwz.format.names import (
+    MAX_DEPTH,
+    MAX_NAME_BYTES,
+    MAX_PATH_BYTES,
+    check_name,
+    is_name,
+    join,
+    split_parent,
+    split_path,
+)
 from dtwz.resolver.directory_objects import EntryKind, find, is_directory
 from dtwz.resolver.locations import rendezvous_owners
 
@@ -60,78 +71,8 @@ __all__ = [
     "split_path",
 ]
 
-MAX_NAME_BYTES = 255
-MAX_PATH_BYTES = 4096
-MAX_DEPTH = 64
 MAX_SYMLINKS = 32
 ROOT_PROT = Protection.READ | Protection.WRITE
-
-# -- names and paths -------------------------------------------------------------------
-
-
-def is_name(ref: str) -> bool:
-    """Whether a string given where an object ID may go is a name (it starts with '/')."""
-    return ref.startswith("/")
-
-
-def check_name(name: str) -> str:
-    """A name that may be bound in a directory, as given; ``InvalidName`` otherwise."""
-    if not isinstance(name, str):
-        raise InvalidName(f"a name is a string, got {name!r}")
-    try:
-        raw = name.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise InvalidName(f"name {name!r} is not valid UTF-8") from exc
-    if not raw:
-        raise InvalidName("a name cannot be empty")
-    if len(raw) > MAX_NAME_BYTES:
-        raise InvalidName(f"name {name[:40]!r}... is {len(raw)} bytes; at most {MAX_NAME_BYTES}")
-    if "/" in name or "\0" in name:
-        raise InvalidName(f"name {name!r} holds '/' or NUL")
-    if name in (".", ".."):
-        raise InvalidName(f"{name!r} cannot be bound: it means a place on the path")
-    return name
-
-
-def split_path(path: str, *, relative: bool = False) -> list[str]:
-    """The components of a path: '.' dropped, '..' kept for the walk, slashes collapsed.
-
-    Only absolute paths unless ``relative`` (the text of a symbolic link may be either).
-    """
-    if not isinstance(path, str):
-        raise InvalidName(f"a path is a string, got {path!r}")
-    try:
-        size = len(path.encode("utf-8"))
-    except UnicodeEncodeError as exc:
-        raise InvalidName(f"path {path[:60]!r} is not valid UTF-8") from exc
-    if not path:
-        raise InvalidName("a path cannot be empty")
-    if size > MAX_PATH_BYTES:
-        raise InvalidName(f"path of {size} bytes is too long; at most {MAX_PATH_BYTES}")
-    if not relative and not path.startswith("/"):
-        raise InvalidName(f"a name is an absolute path starting with '/', got {path[:60]!r}")
-    parts = [p for p in path.split("/") if p and p != "."]
-    if len(parts) > MAX_DEPTH:
-        raise InvalidName(f"path has {len(parts)} components; at most {MAX_DEPTH}")
-    for part in parts:
-        if part != "..":
-            check_name(part)
-    return parts
-
-
-def split_parent(path: str) -> tuple[str, str]:
-    """``(parent path, last name)`` of a path that names something bindable."""
-    parts = split_path(path)
-    if not parts:
-        raise InvalidName("the root directory has no name to bind or unbind")
-    if parts[-1] == "..":
-        raise InvalidName(f"{path!r} ends with '..': name the entry itself")
-    return join(parts[:-1]), parts[-1]
-
-
-def join(parts: Sequence[str]) -> str:
-    return "/" + "/".join(parts)
-
 
 # -- the root ---------------------------------------------------------------------------
 

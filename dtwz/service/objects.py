@@ -47,7 +47,7 @@ from dtwz.errors import (
 )
 from dtwz.format.ids import ZERO_ID, ObjectId
 from dtwz.format.layout import DATA_START, HEADER_RECORD_SIZE, ObjectHeader
-from dtwz.resolver.names import split_path
+from dtwz.format.names import split_path
 from dtwz.store.copies import CopyCache
 from dtwz.store.objects import NameResolver, StoredObject
 from dtwz.store.store import Store
