@@ -1,6 +1,6 @@
 """The interactive HTML page of an object graph: self-contained, works offline.
 
-The page holds the SVG drawing of ``dtwz.graph.render``, the graph as JSON, and a
+The page holds the SVG drawing of ``dtwz.graph.svg``, the graph as JSON, and a
 small script: pan (drag), zoom (wheel), details and neighbours of an object on
 click, search by ID prefix or name. A Content-Security-Policy forbids every
 network load, and the embedded JSON is escaped so no name can end its script.
@@ -14,7 +14,7 @@ from typing import Any
 import networkx as nx
 
 from dtwz.graph.model import to_json
-from dtwz.graph.render import _svg, _x
+from dtwz.graph.svg import escape, svg
 
 _CSS = """
 html,body{margin:0;height:100%;font:13px system-ui,sans-serif;color:#222}
@@ -191,11 +191,11 @@ def to_html(G: nx.DiGraph[str], title: str = "dtwz object graph") -> str:
     return (
         '<!doctype html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         f'<meta http-equiv="Content-Security-Policy" content="{csp}">\n'
-        f"<title>{_x(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
-        f'<header><h1>{_x(title)}</h1><input id="search" type="search" '
+        f"<title>{escape(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
+        f'<header><h1>{escape(title)}</h1><input id="search" type="search" '
         'placeholder="ID prefix or name" autocomplete="off">'
         "<span>drag to pan, wheel to zoom, click an object, Esc to clear</span></header>\n"
-        f'<main><div id="canvas">\n{_svg(G, fit=True)}</div>\n'
+        f'<main><div id="canvas">\n{svg(G, fit=True)}</div>\n'
         '<aside><div id="results"></div><div id="details"><p>Click an object to see it.</p>'
         "</div></aside></main>\n"
         f'<script type="application/json" id="graph-data">{_script_json(to_json(G))}</script>\n'
