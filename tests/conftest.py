@@ -1,4 +1,5 @@
-"""Shared fixtures: real local clusters of node processes on loopback.
+"""Shared fixtures: real local clusters of node processes on loopback (plain helpers
+are in tests/helpers.py).
 
 Every cluster runs on free ports in a pytest tmp folder and is always stopped in
 teardown (SIGTERM, then SIGKILL); a session finalizer kills any node process a
@@ -9,28 +10,26 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from dtwz.node import launcher as local_cluster
 from dtwz.node.launcher import LocalCluster
 from dtwz.security.keys import Identity
+from tests.helpers import ClusterFactory, running_cluster
 
-START_TIMEOUT = 60.0  # generous: CI machines start Python processes slowly
+if TYPE_CHECKING:
+    from dtwz.client.api import Client
 
-ClusterFactory = Callable[..., LocalCluster]
 
-
-@contextlib.contextmanager
-def running_cluster(n: int, data_dir: Path, *node_args: str) -> Iterator[LocalCluster]:
-    """A started cluster of ``n`` nodes in ``data_dir``, stopped on exit whatever happens."""
-    started = local_cluster.up(n, data_dir, node_args=node_args, timeout=START_TIMEOUT)
-    try:
+@pytest.fixture(scope="module")
+def cluster1(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """One 1-node cluster shared by a test module (tests must not stop its node)."""
+    with running_cluster(1, tmp_path_factory.mktemp("cluster1")) as started:
         yield started
-    finally:
-        started.stop(timeout=10.0)
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +37,15 @@ def cluster3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]
     """One 3-node cluster shared by a test module (tests must not stop its nodes)."""
     with running_cluster(3, tmp_path_factory.mktemp("cluster3")) as started:
         yield started
+
+
+@pytest.fixture(scope="module")
+def clients(cluster3: LocalCluster) -> Iterator[dict[str, Client]]:
+    """A client of each node of ``cluster3``, by node ID, closed after the module."""
+    made = {node_id: cluster3.client(node_id) for node_id in cluster3.node_ids}
+    yield made
+    for client in made.values():
+        client.close()
 
 
 @pytest.fixture

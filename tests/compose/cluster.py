@@ -21,9 +21,7 @@ import json
 import os
 import secrets
 import shutil
-import socket
 import subprocess
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +30,8 @@ from typing import Any
 from dtwz.client.api import Client
 from dtwz.errors import DtwzError
 from dtwz.security.keys import Identity
+from tests import helpers
+from tests.helpers import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO / "docker-compose.yml"
@@ -117,12 +117,6 @@ def build_image() -> str:
     return lines[-1]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def wait_until(
     check: Callable[[], bool],
     timeout: float,
@@ -130,18 +124,11 @@ def wait_until(
     *,
     diagnose: Callable[[], str] | None = None,
 ) -> float:
-    """Poll ``check`` until true; the seconds it took. AssertionError after ``timeout``."""
-    start = time.monotonic()
-    while True:
-        try:
-            if check():
-                return time.monotonic() - start
-        except DtwzError:
-            pass
-        if time.monotonic() - start > timeout:
-            note = f"\n{diagnose()}" if diagnose is not None else ""
-            raise AssertionError(f"not within {timeout:g}s: {what}{note}")
-        time.sleep(0.2)
+    """``tests.helpers.wait_until`` paced for containers: a check every 0.2 s, and a
+    ``DtwzError`` (a node that does not answer yet) counts as "not yet"."""
+    return helpers.wait_until(
+        check, timeout, what, every=0.2, ignore=(DtwzError,), diagnose=diagnose
+    )
 
 
 @dataclass

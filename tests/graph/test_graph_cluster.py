@@ -1,7 +1,7 @@
 """The object graph on real node processes: walk, prefetch, edge uses, co-location,
 code at the data, the web view and the CLI (docs/GRAPH.md).
 
-Migration under load and failures is in test_migration.py.
+Migration under load and failures is in tests/node/test_migration.py.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import struct
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree
@@ -30,14 +29,6 @@ from dtwz.node.launcher import LocalCluster
 
 NEXT = DATA_START + 8  # item layout: value u64 | next pointer | second pointer | spare
 SIZE = 8192
-
-
-@pytest.fixture(scope="module")
-def clients(cluster3: LocalCluster) -> Iterator[dict[str, Client]]:
-    made = {node_id: cluster3.client(node_id) for node_id in cluster3.node_ids}
-    yield made
-    for client in made.values():
-        client.close()
 
 
 def _items(clients: dict[str, Client], homes: list[str], start: int = 0) -> list[ObjectId]:

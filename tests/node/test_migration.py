@@ -14,7 +14,7 @@ import pytest
 from dtwz.errors import DtwzError, MigrationError
 from dtwz.format.layout import DATA_START
 from dtwz.node.launcher import LocalCluster
-from tests.conftest import ClusterFactory
+from tests.helpers import ClusterFactory
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ import asyncio
 import contextvars
 import hashlib
 import random
-import socket
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
@@ -37,6 +36,7 @@ from dtwz.wire.protocol import (
     decode,
     encode,
 )
+from tests.helpers import free_port
 
 T = TypeVar("T")
 BOUND = 20.0  # seconds: no test step may wait longer than this
@@ -110,12 +110,6 @@ async def raw_context() -> AsyncIterator[zmq.asyncio.Context]:
         yield ctx
     finally:
         ctx.destroy(linger=0)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # -- requests and replies -------------------------------------------------------------

@@ -1,28 +1,16 @@
 """Remote reads: small objects are copied whole, large ones are read by range.
 
-Real node processes (the shared 3-node cluster of tests/conftest.py).
+Real node processes (the shared 3-node cluster and its ``clients`` of tests/conftest.py).
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
-
-import pytest
 
 from dtwz.client.api import Client
 from dtwz.format.layout import DATA_START
-from dtwz.node.launcher import LocalCluster
 
 MiB = 1 << 20
-
-
-@pytest.fixture(scope="module")
-def clients(cluster3: LocalCluster) -> Iterator[dict[str, Client]]:
-    made = {node_id: cluster3.client(node_id) for node_id in cluster3.node_ids}
-    yield made
-    for client in made.values():
-        client.close()
 
 
 def test_a_large_object_is_read_by_range_without_a_whole_copy(

@@ -29,7 +29,7 @@ from dtwz.node.launcher import LocalCluster
 from dtwz.security.auth import body_sha256, sign_request
 from dtwz.security.capabilities import Capability, Gate, Rights, _sign, delegate, grant
 from dtwz.security.keys import Identity
-from tests.conftest import running_cluster
+from tests.helpers import running_cluster
 
 PRIVATE = 0  # default protections: nothing without a capability
 HOUR = 3600

@@ -7,8 +7,6 @@ records over the live members tells whether every object is known again.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -16,17 +14,10 @@ import pytest
 from dtwz.client.api import Client
 from dtwz.format.ids import ObjectId
 from dtwz.node.launcher import LocalCluster
+from tests.helpers import ClusterFactory, wait_until
 
-ClusterFactory = Callable[..., LocalCluster]
 OBJECTS_PER_NODE = 30
-
-
-def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting until {what}")
-        time.sleep(0.1)
+POLL = 0.1  # seconds between checks: each check asks every node for its status
 
 
 def status(cluster: LocalCluster, node_id: str) -> dict[str, Any]:
@@ -54,7 +45,9 @@ def test_directory_records_move_to_new_owners_after_a_death_and_a_join(
             homes[n] = [client.create(8192, n.encode()) for _ in range(OBJECTS_PER_NODE)]
     total = OBJECTS_PER_NODE * len(ids) + 1  # and the namespace's root directory, on n1
     # (>=: a shard keeps records it held under an older membership; lookups use owners)
-    wait_until(lambda: directory_total(cluster, ids) >= total, 10, "every record is published")
+    wait_until(
+        lambda: directory_total(cluster, ids) >= total, 10, "every record is published", every=POLL
+    )
 
     survivors = ids[:3]
 
@@ -80,6 +73,7 @@ def test_directory_records_move_to_new_owners_after_a_death_and_a_join(
         ),
         20,
         "n4 is declared dead and every survivor has published its records again",
+        every=POLL,
     )
     # every surviving object is found through the directory, not by asking everyone
     with cluster.client("n3") as reader:
@@ -102,6 +96,7 @@ def test_directory_records_move_to_new_owners_after_a_death_and_a_join(
             ),
             20,
             "n4's records are back and every survivor sees n4 alive again",
+            every=POLL,
         )
         for oid in homes["n4"]:
             assert reader.locate(oid, refresh=True).home == "n4"

@@ -9,8 +9,7 @@ from __future__ import annotations
 import itertools
 import json
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,18 +38,10 @@ from dtwz.format.ids import ObjectId
 from dtwz.format.layout import DATA_START
 from dtwz.node.launcher import LocalCluster
 from dtwz.resolver.names import root_id
-from tests.conftest import ClusterFactory
+from tests.helpers import ClusterFactory, wait_until
 
 SMALL = 64 << 10
 _unique = itertools.count()
-
-
-@pytest.fixture(scope="module")
-def clients(cluster3: LocalCluster) -> Iterator[dict[str, Client]]:
-    made = {node_id: cluster3.client(node_id) for node_id in cluster3.node_ids}
-    yield made
-    for client in made.values():
-        client.close()
 
 
 @pytest.fixture
@@ -59,14 +50,6 @@ def top(clients: dict[str, Client]) -> str:
     path = f"/t{next(_unique)}"
     clients["n1"].mkdir(path)
     return path
-
-
-def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout}s: {what}")
-        time.sleep(0.05)
 
 
 # -- one namespace, seen from every node ------------------------------------------------

@@ -28,6 +28,7 @@ from dtwz.errors import CodeError, CodeTimeout, InvalidArgument
 from dtwz.format.layout import DATA_START, HEADER_RECORD_SIZE, ObjectHeader
 from dtwz.graph.code import CodeBody, code_from_function
 from dtwz.node.code.runner import CodeRunner
+from tests.helpers import free_port
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
 
@@ -169,12 +170,6 @@ def build_list(
     return cells[0][0]
 
 
-def unused_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def workers_of_this_process() -> list[int]:
     """PIDs of live (not zombie) code workers whose parent is this process."""
     out = []
@@ -215,7 +210,7 @@ def store(tmp_path: Path) -> Iterator[Store]:
 
 @pytest.fixture
 async def runner(store: Store) -> AsyncIterator[CodeRunner]:
-    async with CodeRunner(store.path, f"http://127.0.0.1:{unused_port()}") as started:
+    async with CodeRunner(store.path, f"http://127.0.0.1:{free_port()}") as started:
         yield started
     assert workers_of_this_process() == []
 
@@ -492,7 +487,7 @@ async def test_calls_are_serialised(store: Store, runner: CodeRunner) -> None:
 
 async def test_close_leaves_no_process(store: Store) -> None:
     root = build_list(store, [1])
-    runner = CodeRunner(store.path, f"http://127.0.0.1:{unused_port()}")
+    runner = CodeRunner(store.path, f"http://127.0.0.1:{free_port()}")
     assert await run(runner, walk, root) == [1]
     pid = runner.worker_pid
     assert pid is not None and workers_of_this_process() == [pid]
@@ -507,7 +502,7 @@ async def test_close_leaves_no_process(store: Store) -> None:
 
 async def test_close_during_a_call_stops_it(store: Store) -> None:
     root = build_list(store, [1])
-    runner = CodeRunner(store.path, f"http://127.0.0.1:{unused_port()}", stop_timeout=0.5)
+    runner = CodeRunner(store.path, f"http://127.0.0.1:{free_port()}", stop_timeout=0.5)
     task = asyncio.ensure_future(run(runner, spin, root))
     for _ in range(500):
         await asyncio.sleep(0.02)
