@@ -63,7 +63,7 @@ from dtwz.resolver.membership import MemberState
 from dtwz.security import keyfiles
 from dtwz.security.auth import body_sha256, sign_request
 from dtwz.security.keys import Identity
-from dtwz.wire.protocol import Create, Created, HomeRecord
+from dtwz.wire.messages import Create, Created, HomeRecord
 
 _LOG = Console(stderr=True)
 _HOST = "127.0.0.1"

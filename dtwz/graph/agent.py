@@ -50,7 +50,7 @@ from dtwz.resolver.directory_objects import DIRECTORY_MAGIC
 from dtwz.resolver.namespace import Namespace
 from dtwz.service.objects import WHOLE_COPY_MAX, ObjectService
 from dtwz.store.objects import StoredObject
-from dtwz.wire.protocol import (
+from dtwz.wire.messages import (
     EdgeCounts,
     EdgeUse,
     EdgeUses,

@@ -25,7 +25,7 @@ from dtwz.graph.agent import GraphAgent, image_bytes
 from dtwz.graph.code import CodeBody, RunOutcome, decode_code
 from dtwz.graph.placement import choose_site
 from dtwz.service.objects import ObjectService
-from dtwz.wire.protocol import CodeResult, Message, RunCode
+from dtwz.wire.messages import CodeResult, Message, RunCode
 
 RESULT_MAX = 64 << 20  # bytes of JSON a function may return
 # the decision weighs at most this many reachable bytes: where the first 64 MiB a

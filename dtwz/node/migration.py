@@ -51,7 +51,7 @@ from dtwz.errors import (
 from dtwz.format.ids import ObjectId
 from dtwz.format.layout import DATA_START, ObjectHeader
 from dtwz.service.objects import ObjectService
-from dtwz.wire.protocol import (
+from dtwz.wire.messages import (
     Ack,
     AppliedTxn,
     HomeRecord,

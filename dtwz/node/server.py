@@ -60,7 +60,7 @@ from dtwz.resolver.namespace import Namespace
 from dtwz.security import keyfiles
 from dtwz.service.objects import ObjectService
 from dtwz.store.store import Store
-from dtwz.wire.protocol import (
+from dtwz.wire.messages import (
     Ack,
     Create,
     DirOp,

@@ -37,7 +37,7 @@ from itertools import islice
 
 from dtwz.errors import InvalidArgument
 from dtwz.format.ids import ObjectId
-from dtwz.wire.protocol import HomeRecord
+from dtwz.wire.messages import HomeRecord
 
 __all__ = [
     "DirectoryShard",

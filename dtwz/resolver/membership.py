@@ -64,10 +64,10 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass
-from enum import IntEnum
 
 from dtwz.errors import InvalidArgument
-from dtwz.wire.protocol import MemberInfo
+from dtwz.wire.kinds import MemberState
+from dtwz.wire.messages import MemberInfo
 
 __all__ = [
     "MAX_FLOORS",
@@ -83,13 +83,6 @@ __all__ = [
 
 MAX_FLOORS = 4096
 """How many forgotten members' floors are kept (oldest dropped first)."""
-
-
-class MemberState(IntEnum):
-    ALIVE = 0
-    SUSPECT = 1
-    DEAD = 2
-    LEFT = 3
 
 
 _ALIVE, _SUSPECT, _DEAD, _LEFT = 0, 1, 2, 3  # plain ints: decoded records carry ints

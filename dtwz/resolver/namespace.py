@@ -72,21 +72,16 @@ from dtwz.resolver.names import (
 from dtwz.service.objects import ObjectService
 from dtwz.store.objects import StoredObject
 from dtwz.store.transaction import Transaction
-from dtwz.wire.protocol import (
-    Create,
-    Created,
-    DirOp,
-    DirResult,
-    HomeRecord,
-    Message,
-    ObjectVersion,
-)
+from dtwz.wire.kinds import DirAction
+from dtwz.wire.messages import Create, Created, DirOp, DirResult, HomeRecord, Message, ObjectVersion
 
 __all__ = ["Namespace", "NamespaceNode"]
 
 log = logging.getLogger(__name__)
 
-ACT_BIND, ACT_UNBIND, ACT_MKDIR, ACT_SYMLINK, ACT_RENAME = 1, 2, 3, 4, 5
+# the directory actions (dtwz.wire.kinds.DirAction) under their old names
+ACT_BIND, ACT_UNBIND, ACT_MKDIR = DirAction.BIND, DirAction.UNBIND, DirAction.MKDIR
+ACT_SYMLINK, ACT_RENAME = DirAction.SYMLINK, DirAction.RENAME
 POINTER_TIMEOUT = 30.0  # seconds a blocking late-bound dereference may take
 WALK_ATTEMPTS = 3
 _U64 = struct.Struct("<Q")

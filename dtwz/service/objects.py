@@ -52,7 +52,8 @@ from dtwz.store.copies import CopyCache
 from dtwz.store.objects import NameResolver, StoredObject
 from dtwz.store.store import Store
 from dtwz.store.transaction import Transaction
-from dtwz.wire.protocol import (
+from dtwz.wire.kinds import TxOpKind
+from dtwz.wire.messages import (
     Ack,
     Create,
     Created,
@@ -77,7 +78,9 @@ WINDOW = 4
 WHOLE_COPY_MAX = 16 << 20  # data bytes: larger remote objects are read by range
 FREEZE_WAIT = 30.0  # seconds a write waits for a migration of its object to finish
 EDGE_USES_MAX = 200_000  # (source, target) pairs counted; the rarest go when full
-OP_WRITE, OP_APPEND, OP_POINTER, OP_ALLOC, OP_NAME_POINTER = 1, 2, 3, 4, 5
+# the op kinds (dtwz.wire.kinds.TxOpKind) under their old names
+OP_WRITE, OP_APPEND, OP_POINTER = TxOpKind.WRITE, TxOpKind.APPEND, TxOpKind.POINTER
+OP_ALLOC, OP_NAME_POINTER = TxOpKind.ALLOC, TxOpKind.NAME_POINTER
 _T = TypeVar("_T")
 _M = TypeVar("_M", bound=Message)
 

@@ -19,7 +19,7 @@ from dtwz.format.layout import DATA_START
 from dtwz.node.launcher import HOST, LocalCluster, free_ports
 from dtwz.node.peer import Curve, PeerEndpoint, curve_keypair
 from dtwz.security import keyfiles
-from dtwz.wire.protocol import Ack, Fetch, Message, ObjectData
+from dtwz.wire.messages import Ack, Fetch, Message, ObjectData
 
 
 async def _ignore(message: Message) -> Message:

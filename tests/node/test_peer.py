@@ -24,18 +24,8 @@ from dtwz import errors
 from dtwz.errors import DtwzError, PeerUnavailable, ProtocolError
 from dtwz.format.ids import ObjectId
 from dtwz.node.peer import PeerEndpoint
-from dtwz.wire.protocol import (
-    Ack,
-    Create,
-    Created,
-    ErrorReply,
-    Fetch,
-    Message,
-    ObjectData,
-    Ping,
-    decode,
-    encode,
-)
+from dtwz.wire.codec import decode, encode
+from dtwz.wire.messages import Ack, Create, Created, ErrorReply, Fetch, Message, ObjectData, Ping
 from tests.helpers import free_port
 
 T = TypeVar("T")

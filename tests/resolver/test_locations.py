@@ -18,7 +18,7 @@ from dtwz.resolver.locations import (
     LocationCache,
     rendezvous_owners,
 )
-from dtwz.wire.protocol import HomeRecord
+from dtwz.wire.messages import HomeRecord
 
 object_ids = st.binary(min_size=16, max_size=16).map(ObjectId)
 node_names = st.text("abcdefgh0123456789-.:", min_size=1, max_size=12)

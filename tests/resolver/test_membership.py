@@ -22,7 +22,7 @@ from dtwz.resolver.membership import (
     MemberState,
     MemberSuspected,
 )
-from dtwz.wire.protocol import MemberInfo
+from dtwz.wire.messages import MemberInfo
 
 ALIVE, SUSPECT, DEAD, LEFT = (
     MemberState.ALIVE,

@@ -29,7 +29,7 @@ from dtwz.resolver.membership import MemberState
 from dtwz.resolver.names import root_id
 from dtwz.resolver.namespace import ACT_BIND, ACT_SYMLINK
 from dtwz.service.objects import OP_NAME_POINTER
-from dtwz.wire.protocol import DirOp, DirResult, TxOp
+from dtwz.wire.messages import DirOp, DirResult, TxOp
 
 
 def config(node_id: str, data: Path, seeds: list[str]) -> NodeConfig:

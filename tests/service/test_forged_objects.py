@@ -19,7 +19,7 @@ from dtwz.format.ids import ObjectId
 from dtwz.format.layout import HEADER_RECORD_SIZE, ObjectHeader
 from dtwz.service.objects import ObjectService
 from dtwz.store.store import Store
-from dtwz.wire.protocol import Fetch, HomeRecord, Message, ObjectData
+from dtwz.wire.messages import Fetch, HomeRecord, Message, ObjectData
 
 Forge = Callable[[ObjectData], ObjectData]
 

@@ -1,4 +1,4 @@
-"""The peer wire protocol, checked against its specification (docs/PROTOCOL.md).
+"""The wire codec, checked against its specification (docs/PROTOCOL.md).
 
 - ``TABLE``: one ``(message, request_id, reply, frames)`` row per op, the frames
   written by hand from the spec. Encoding must give exactly those bytes and
@@ -26,8 +26,8 @@ from hypothesis import strategies as st
 from dtwz import errors
 from dtwz.errors import DtwzError, ProtocolError
 from dtwz.format.ids import ZERO_ID, ObjectId
-from dtwz.wire.protocol import (
-    MAX_LIST,
+from dtwz.wire.codec import MAX_LIST, decode, decode_envelope, encode, error_reply, raise_error
+from dtwz.wire.messages import (
     Ack,
     AppliedTxn,
     CodeResult,
@@ -71,11 +71,6 @@ from dtwz.wire.protocol import (
     TransactResult,
     TxOp,
     WalkStart,
-    decode,
-    decode_envelope,
-    encode,
-    error_reply,
-    raise_error,
 )
 
 OID = ObjectId(bytes(range(16)))
