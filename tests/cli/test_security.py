@@ -1,6 +1,6 @@
-"""The security commands against a real cluster: make identities, grant, delegate,
-show and verify capabilities, use one with ``dtwz remote --capability``, and revoke
-by letting it expire."""
+"""The security commands (``dtwz.cli.security``) against a real 1-node cluster: make
+identities, grant, delegate, show and verify capabilities, use one with ``dtwz
+remote --capability``, and revoke by letting it expire."""
 
 from __future__ import annotations
 
@@ -8,21 +8,12 @@ import json
 import os
 import stat
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from click.testing import CliRunner, Result
 
 from dtwz.cli import cli
 from dtwz.node.launcher import LocalCluster
-from tests.conftest import running_cluster
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    with running_cluster(1, tmp_path_factory.mktemp("cli-sec")) as started:
-        yield started
 
 
 def run(*args: str, identity: Path | None = None) -> Result:
@@ -37,9 +28,9 @@ def ok(result: Result) -> str:
 
 
 def test_identities_grants_and_delegation_from_the_cli(
-    cluster: LocalCluster, tmp_path: Path
+    cluster1: LocalCluster, tmp_path: Path
 ) -> None:
-    url = cluster.node("n1").url
+    url = cluster1.node("n1").url
     files = {who: tmp_path / f"{who}.id" for who in ("alice", "bob", "carol")}
     kuids = {}
     for who, path in files.items():
@@ -121,8 +112,8 @@ def test_identities_grants_and_delegation_from_the_cli(
     assert widened.exit_code != 0
 
 
-def test_revoking_is_letting_it_expire(cluster: LocalCluster, tmp_path: Path) -> None:
-    url = cluster.node("n1").url
+def test_revoking_is_letting_it_expire(cluster1: LocalCluster, tmp_path: Path) -> None:
+    url = cluster1.node("n1").url
     alice, bob = tmp_path / "alice.id", tmp_path / "bob.id"
     ok(run("identity", "new", str(alice)))
     bob_kuid = json.loads(ok(run("identity", "new", str(bob), "--json")))["kuid"]

@@ -1,5 +1,5 @@
 """The namespace commands of ``dtwz remote``: ``resolve``, ``ls``, ``mkdir``, ``bind``,
-``ln``, ``mv``, ``rm``.
+``ln``, ``mv``, ``rm`` (the package root adds ``COMMANDS`` to the ``remote`` group).
 
 They sit in the ``remote`` group beside the object commands rather than in a group
 of their own because names and IDs are interchangeable there: every remote object
@@ -10,8 +10,7 @@ namespace and runs changes at the home of each directory (docs/NAMES.md).
 Output follows the other remote commands: one line of text, or one JSON document
 with ``--json``. Errors are one ``error: ...`` line: status 2 for a malformed name
 (``InvalidName`` is an ``InvalidArgument``), 1 for a name not found, already
-bound, a loop or an unreachable node. This module registers its commands when
-``dtwz.cli_cluster`` imports it.
+bound, a loop or an unreachable node.
 """
 
 from __future__ import annotations
@@ -20,10 +19,9 @@ from typing import Any
 
 import click
 
-from dtwz.cli import json_option
-from dtwz.cli_cluster import REF, RemoteConfig, pass_remote, remote
+from dtwz.cli.common import REF, RemoteConfig, json_option, pass_remote
 from dtwz.client.api import Binding, ObjectRef
-from dtwz.resolver.names import is_name
+from dtwz.format.names import is_name
 
 
 def _binding_doc(binding: Binding) -> dict[str, Any]:
@@ -41,7 +39,7 @@ def _binding_line(binding: Binding) -> str:
     return f"{binding.object_id}  {binding.name}{suffix}"
 
 
-@remote.command("resolve")
+@click.command("resolve")
 @click.argument("ref", type=REF, metavar="NAME|OID")
 @click.option("--nofollow", is_flag=True, help="Do not follow a symbolic link at the end.")
 @json_option
@@ -77,7 +75,7 @@ def remote_resolve(rc: RemoteConfig, ref: ObjectRef, nofollow: bool, as_json: bo
     )
 
 
-@remote.command("ls")
+@click.command("ls")
 @click.argument("path", default="/")
 @json_option
 @pass_remote
@@ -90,7 +88,7 @@ def remote_ls(rc: RemoteConfig, path: str, as_json: bool) -> None:
     rc.emit(as_json, doc, "\n".join(_binding_line(e) for e in entries))
 
 
-@remote.command("mkdir")
+@click.command("mkdir")
 @click.argument("path")
 @click.option(
     "-p",
@@ -110,7 +108,7 @@ def remote_mkdir(
     rc.emit(as_json, {"path": path, "object_id": str(oid)}, str(oid))
 
 
-@remote.command("bind")
+@click.command("bind")
 @click.argument("path")
 @click.argument("target", type=REF, metavar="OID|NAME")
 @click.option("--replace", is_flag=True, help="Rebind a name already bound to an object.")
@@ -132,7 +130,7 @@ def remote_bind(
     rc.emit(as_json, doc, f"{path} -> {oid}{note}")
 
 
-@remote.command("ln")
+@click.command("ln")
 @click.argument("target")
 @click.argument("path")
 @click.option("-s", "--symbolic", is_flag=True, help="A symbolic link holding TARGET's text.")
@@ -151,7 +149,7 @@ def remote_ln(rc: RemoteConfig, target: str, path: str, symbolic: bool, as_json:
     rc.emit(as_json, {"path": path, "object_id": str(oid)}, f"{path} -> {oid}")
 
 
-@remote.command("mv")
+@click.command("mv")
 @click.argument("src")
 @click.argument("dst")
 @click.option("--replace", is_flag=True, help="Replace DST if it is bound to an object.")
@@ -164,7 +162,7 @@ def remote_mv(rc: RemoteConfig, src: str, dst: str, replace: bool, as_json: bool
     rc.emit(as_json, {"from": src, "to": dst, **_binding_doc(moved)}, f"{src} -> {dst}")
 
 
-@remote.command("rm")
+@click.command("rm")
 @click.argument("path")
 @json_option
 @pass_remote
@@ -174,3 +172,14 @@ def remote_rm(rc: RemoteConfig, path: str, as_json: bool) -> None:
         gone = client.unbind(path)
     what = gone.text if gone.kind == "symlink" else str(gone.object_id)
     rc.emit(as_json, {"path": path, **_binding_doc(gone)}, f"unbound {path} (was {what})")
+
+
+COMMANDS: list[click.Command] = [
+    remote_resolve,
+    remote_ls,
+    remote_mkdir,
+    remote_bind,
+    remote_ln,
+    remote_mv,
+    remote_rm,
+]

@@ -1,17 +1,18 @@
-"""The security commands: ``dtwz identity`` and ``dtwz cap`` (docs/SECURITY.md §9).
+"""The security commands: ``dtwz keys``, ``dtwz identity`` and ``dtwz cap``
+(docs/SECURITY.md: identities §1, capabilities §2-4, a cluster's keys §8).
 
-``identity new/show`` make and describe Ed25519 identity files (mode 0600).
-``cap grant`` signs a root capability with the target owner's identity, ``cap
-delegate`` a narrower one below a capability the signer holds; both print the
-capability as one line of unpadded base64url, the form ``X-Dtwz-Capability``,
-``dtwz remote --capability`` and ``DTWZ_CAPABILITY`` take. ``cap show`` prints a
-capability's links; ``cap verify`` checks it against the cluster (the target's
-owner from its header, issuers' keys from their key objects). There is no
-revocation list: to revoke, let it expire, so grant with short expiries.
+``keys init`` makes what is missing of a cluster's keys folder. ``identity
+new/show`` make and describe Ed25519 identity files (mode 0600). ``cap grant``
+signs a root capability with the target owner's identity, ``cap delegate`` a
+narrower one below a capability the signer holds; both print the capability as
+one line of unpadded base64url, the form ``X-Dtwz-Capability``, ``dtwz remote
+--capability`` and ``DTWZ_CAPABILITY`` take. ``cap show`` prints a capability's
+links; ``cap verify`` checks it against the cluster (the target's owner from its
+header, issuers' keys from their key objects). There is no revocation list: to
+revoke, let it expire, so grant with short expiries.
 
 The signing identity is ``--identity FILE``, else ``$DTWZ_IDENTITY``, else the
-admin of the local cluster (``$DTWZ_CLUSTER`` or ./data/cluster). This module
-registers its commands when ``dtwz.cli_cluster`` imports it.
+admin of the local cluster (``$DTWZ_CLUSTER`` or ./data/cluster).
 """
 
 from __future__ import annotations
@@ -23,8 +24,7 @@ from typing import Any, TypeVar
 
 import click
 
-from dtwz.cli import CliConfig, cli, json_option, pass_config
-from dtwz.cli_cluster import RemoteConfig
+from dtwz.cli.common import CliConfig, RemoteConfig, json_option, pass_config
 from dtwz.errors import DtwzError, InvalidArgument
 from dtwz.format.ids import ObjectId
 from dtwz.format.layout import DATA_START
@@ -121,7 +121,7 @@ def _with(options: list[Any]) -> Callable[[_F], _F]:
     return apply
 
 
-@cli.group()
+@click.group()
 def keys() -> None:
     """A cluster's keys folder (local clusters and nodes make it on first start)."""
 
@@ -151,7 +151,7 @@ def keys_init(cfg: CliConfig, keys_dir: Path, node_ids: tuple[str, ...], as_json
     cfg.emit(as_json, doc, f"admin {admitted.admin}\nnodes {' '.join(doc['nodes']) or '-'}")
 
 
-@cli.group()
+@click.group()
 def identity() -> None:
     """Ed25519 identities: who signs requests and capabilities."""
 
@@ -185,7 +185,7 @@ def identity_show(cfg: CliConfig, path: Path | None, as_json: bool) -> None:
     )
 
 
-@cli.group()
+@click.group()
 def cap() -> None:
     """Capabilities: grant, delegate, show and verify them."""
 

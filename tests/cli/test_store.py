@@ -1,14 +1,13 @@
-"""The ``dtwz`` command line, driven through click's runner against real stores in tmp_path,
-plus the installed console script in a subprocess."""
+"""The local store commands of the ``dtwz`` command line (``dtwz.cli.store``), driven
+through click's runner against real stores in tmp_path, plus the installed console
+script in a subprocess."""
 
 from __future__ import annotations
 
 import base64
 import json
 import os
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ from dtwz.cli import cli
 from dtwz.format.ids import ObjectId
 from dtwz.format.layout import DATA_START
 from dtwz.store.store import Store
+from tests.helpers import console_script
 
 MISSING_ID = "00" * 16
 
@@ -420,16 +420,8 @@ def test_version(store: Path) -> None:
 # -- the installed console script ------------------------------------------------------
 
 
-def _console_script() -> str:
-    beside = Path(sys.executable).parent / "dtwz"
-    found = str(beside) if beside.exists() else shutil.which("dtwz")
-    if found is None:
-        pytest.skip("the dtwz console script is not installed")
-    return found
-
-
 def test_console_script_end_to_end(tmp_path: Path) -> None:
-    exe = _console_script()
+    exe = console_script()
     env = {**os.environ, "DTWZ_STORE": str(tmp_path / "store")}
 
     def run(*args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:

@@ -19,8 +19,7 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from dtwz.cli import CliConfig, cli, json_option
-from dtwz.cli_cluster import REF, RemoteConfig, pass_remote
+from dtwz.cli.common import REF, RemoteConfig, base_config, json_option, pass_remote
 from dtwz.client.api import ObjectRef
 from dtwz.graph import render
 
@@ -81,7 +80,7 @@ def _limits(command: Any) -> Any:
 def graph(ctx: click.Context, url: str | None, timeout: float) -> None:
     """The object graph from ROOT: draw it, prefetch it, migrate or co-locate it,
     run code where it lives.  `dtwz graph ROOT` draws it."""
-    ctx.obj = RemoteConfig(ctx.find_object(CliConfig) or CliConfig(Path("."), False), url, timeout)
+    ctx.obj = RemoteConfig(base_config(ctx), url, timeout)
 
 
 @graph.command("show")
@@ -306,6 +305,3 @@ def _json_arg(text: str) -> Any:
         return json.loads(text)
     except ValueError:
         return text
-
-
-cli.add_command(graph)
