@@ -1,4 +1,4 @@
-"""The graph service as one node runs it: walk, prefetch, edge counts (DESIGN.md §5).
+"""The graph service as one node runs it: walk, prefetch, edge counts (docs/GRAPH.md).
 
 Theory of operation
 -------------------

@@ -1,4 +1,4 @@
-"""Run code where the data is (DESIGN.md §5), as one node coordinates it.
+"""Run code where the data is (docs/GRAPH.md, "Where code runs"), as one node coordinates it.
 
 A code object holds a function (``dtwz.graph.code``). To run it against a root
 the node asked counts the bytes the root reaches on each node (a summary walk:
