@@ -1,4 +1,5 @@
-"""Migration: moving an object's home to another node (DESIGN.md §4).
+"""Migration: moving an object's home to another node (docs/ARCHITECTURE.md, "A
+migration").
 
 Theory of operation
 -------------------
@@ -28,7 +29,14 @@ the same ``MigrateIn`` in the background until it gets an answer, so the object
 never has two homes taking writes. A definite refusal unfreezes them.
 
 The log (``migrations.jsonl`` in the node's data folder) is small: one line per
-object moved in or out. On start-up the last line per object wins.
+object moved in or out, a ``MoveRecord`` as JSON. On start-up the last line per
+object wins. An object's moves out go through these states, and only these::
+
+    PENDING --shipped and acknowledged--> DONE        (the object forwards to its new home)
+    PENDING --refused-------------------> ABANDONED   (the object stays, takes writes again)
+
+A move in has no state: it is logged once the objects are restored, with the
+epoch they arrived under.
 """
 
 from __future__ import annotations
@@ -39,6 +47,8 @@ import json
 import logging
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -50,12 +60,14 @@ from dtwz.errors import (
 )
 from dtwz.format.ids import ObjectId
 from dtwz.format.layout import DATA_START, ObjectHeader
+from dtwz.node.dispatch import HandlerTable
 from dtwz.service.objects import ObjectService
 from dtwz.wire.messages import (
     Ack,
     AppliedTxn,
     HomeRecord,
     Message,
+    Migrate,
     Migrated,
     MigrateIn,
     ObjectImage,
@@ -86,22 +98,88 @@ class MigrationCluster(Protocol):
     def pinned(self, oid: ObjectId) -> bool: ...
 
 
+class Direction(StrEnum):
+    OUT = "out"  # this node was the object's home and gave it away
+    IN = "in"  # this node became the object's home
+
+
+class MoveState(StrEnum):
+    """Where a move out stands (the diagram in the module docstring)."""
+
+    PENDING = "pending"
+    DONE = "done"
+    ABANDONED = "abandoned"
+
+
+@dataclass(frozen=True, slots=True)
+class MoveRecord:
+    """One line of the migration log: an object moved out (with its state) or in."""
+
+    object_id: bytes
+    direction: Direction
+    epoch: int  # the object's directory epoch at its new home (out: kept on abandon)
+    state: MoveState | None = None  # moves out only
+    to: str = ""  # moves out: the new home ("" once abandoned)
+    txn_id: bytes | None = None  # pending moves out: the MigrateIn's transaction ID
+
+    @classmethod
+    def pending(cls, oid: bytes, to: str, epoch: int, txn_id: bytes) -> MoveRecord:
+        return cls(oid, Direction.OUT, epoch, MoveState.PENDING, to, txn_id)
+
+    @classmethod
+    def done(cls, oid: bytes, to: str, epoch: int) -> MoveRecord:
+        return cls(oid, Direction.OUT, epoch, MoveState.DONE, to)
+
+    @classmethod
+    def abandoned(cls, oid: bytes, epoch: int) -> MoveRecord:
+        return cls(oid, Direction.OUT, epoch, MoveState.ABANDONED)
+
+    @classmethod
+    def arrived(cls, oid: bytes, epoch: int) -> MoveRecord:
+        return cls(oid, Direction.IN, epoch)
+
+    def is_out(self, state: MoveState) -> bool:
+        return self.direction is Direction.OUT and self.state is state
+
+    def to_json(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {"id": self.object_id.hex(), "op": self.direction.value}
+        doc["epoch"] = self.epoch
+        if self.direction is Direction.OUT:
+            assert self.state is not None
+            doc["state"] = self.state.value
+            doc["to"] = self.to
+            if self.txn_id is not None:
+                doc["txn"] = self.txn_id.hex()
+        return doc
+
+    @classmethod
+    def from_json(cls, doc: Any) -> MoveRecord:
+        """The record of one line; ValueError, KeyError or TypeError if it is damaged."""
+        oid, direction, epoch = bytes.fromhex(doc["id"]), Direction(doc["op"]), int(doc["epoch"])
+        if direction is Direction.IN:
+            return cls.arrived(oid, epoch)
+        state = MoveState(doc["state"])
+        txn = bytes.fromhex(doc["txn"]) if state is MoveState.PENDING else None
+        return cls(oid, direction, epoch, state, str(doc["to"]), txn)
+
+
 class MigrationLog:
     """The persistent table: objects moved away (with their new home) and in."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.entries: dict[bytes, dict[str, Any]] = {}
+        self.entries: dict[bytes, MoveRecord] = {}
         if path.exists():
             for line in path.read_text("utf-8").splitlines():
                 try:
-                    doc = json.loads(line)
-                    self.entries[bytes.fromhex(doc["id"])] = doc
+                    record = MoveRecord.from_json(json.loads(line))
                 except (ValueError, KeyError, TypeError):
                     log.warning("%s: skipping a damaged line", path)  # a torn last write
+                    continue
+                self.entries[record.object_id] = record
 
-    def append(self, records: Sequence[dict[str, Any]]) -> None:
-        text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records)
+    def append(self, records: Sequence[MoveRecord]) -> None:
+        text = "".join(json.dumps(r.to_json(), sort_keys=True) + "\n" for r in records)
         fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         try:
             os.write(fd, text.encode("utf-8"))
@@ -109,23 +187,22 @@ class MigrationLog:
         finally:
             os.close(fd)
         for r in records:
-            self.entries[bytes.fromhex(r["id"])] = r
+            self.entries[r.object_id] = r
 
     def forwarding(self, oid: bytes) -> tuple[str, int] | None:
+        """(new home, epoch) of an object that moved away from here."""
         entry = self.entries.get(oid)
-        if entry is None or entry["op"] != "out" or entry["state"] != "done":
+        if entry is None or not entry.is_out(MoveState.DONE):
             return None
-        return str(entry["to"]), int(entry["epoch"])
+        return entry.to, entry.epoch
 
     def epochs(self) -> dict[bytes, int]:
-        return {oid: int(e["epoch"]) for oid, e in self.entries.items() if e["op"] == "in"}
+        """The epochs of the objects that moved here."""
+        return {oid: e.epoch for oid, e in self.entries.items() if e.direction is Direction.IN}
 
-    def pending(self) -> dict[bytes, dict[str, Any]]:
-        return {
-            oid: e
-            for oid, e in self.entries.items()
-            if e["op"] == "out" and e["state"] == "pending"
-        }
+    def pending(self) -> dict[bytes, MoveRecord]:
+        """Moves out logged but not handed over (a crash came between)."""
+        return {oid: e for oid, e in self.entries.items() if e.is_out(MoveState.PENDING)}
 
 
 class Migrations:
@@ -142,22 +219,30 @@ class Migrations:
 
     def resume(self) -> None:
         """After a restart: finish the moves that were shipped but not handed over."""
-        by_move: dict[tuple[str, str, int], list[ObjectId]] = {}
+        by_move: dict[tuple[bytes, str, int], list[ObjectId]] = {}
         for oid, entry in self.log.pending().items():
-            key = (str(entry["txn"]), str(entry["to"]), int(entry["epoch"]))
+            assert entry.txn_id is not None  # a pending move always names its transaction
+            key = (entry.txn_id, entry.to, entry.epoch)
             by_move.setdefault(key, []).append(ObjectId(oid))
-        for (txn_hex, to_node, epoch), oids in by_move.items():
+        for (txn_id, to_node, epoch), oids in by_move.items():
             present = [o for o in oids if self.service.is_home(o)]
             if not present:
                 continue
             self._freeze(present)
-            message = self._message(bytes.fromhex(txn_hex), epoch, present)
+            message = self._message(txn_id, epoch, present)
             self._retry_in_background(to_node, message, present)
 
     async def close(self) -> None:
         for task in list(self._retries):
             task.cancel()
         await asyncio.gather(*self._retries, return_exceptions=True)
+
+    def handlers(self) -> HandlerTable:
+        return {Migrate: self.on_migrate, MigrateIn: self.on_migrate_in}
+
+    async def on_migrate(self, m: Migrate) -> Migrated:
+        """A ``Migrate`` request: move objects homed here (``migrate``)."""
+        return await self.migrate(m.object_ids, m.to_node, m.txn_id)
 
     # -- the old home ----------------------------------------------------------------
 
@@ -186,19 +271,7 @@ class Migrations:
         except BaseException:
             self._thaw(oids)
             raise
-        self.log.append(
-            [
-                {
-                    "id": o.hex(),
-                    "op": "out",
-                    "state": "pending",
-                    "to": to_node,
-                    "epoch": epoch,
-                    "txn": txn_id.hex(),
-                }
-                for o in oids
-            ]
-        )
+        self.log.append([MoveRecord.pending(o, to_node, epoch, txn_id) for o in oids])
         try:
             await self._ship(to_node, message)
         except PeerUnavailable as exc:
@@ -241,12 +314,7 @@ class Migrations:
             raise MigrationError(f"node {to_node} answered a migration with {reply!r}")
 
     async def _hand_over(self, oids: Sequence[ObjectId], to_node: str, epoch: int) -> None:
-        self.log.append(
-            [
-                {"id": o.hex(), "op": "out", "state": "done", "to": to_node, "epoch": epoch}
-                for o in oids
-            ]
-        )
+        self.log.append([MoveRecord.done(o, to_node, epoch) for o in oids])
         await self.service.delete_local(oids)
         for oid in oids:
             self.service.holders.pop(oid, None)
@@ -256,18 +324,7 @@ class Migrations:
         self._thaw(oids)  # frozen writers now get ObjectMoved
 
     def _abandon(self, oids: Sequence[ObjectId]) -> None:
-        self.log.append(
-            [
-                {
-                    "id": o.hex(),
-                    "op": "out",
-                    "state": "abandoned",
-                    "to": "",
-                    "epoch": self.service.epoch_of(o),
-                }
-                for o in oids
-            ]
-        )
+        self.log.append([MoveRecord.abandoned(o, self.service.epoch_of(o)) for o in oids])
         self._thaw(oids)
 
     def _retry_in_background(
@@ -333,7 +390,7 @@ class Migrations:
                     tx.restore(header, image.data, image.fot)
 
         await service.run_in_thread(restore)
-        self.log.append([{"id": i.object_id.hex(), "op": "in", "epoch": m.epoch} for i in m.images])
+        self.log.append([MoveRecord.arrived(i.object_id, m.epoch) for i in m.images])
         for image in m.images:
             oid = image.object_id
             service.epochs[oid] = m.epoch

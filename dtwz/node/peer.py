@@ -67,16 +67,8 @@ import zmq
 from zmq.auth.thread import ThreadAuthenticator
 
 from dtwz.errors import DtwzError, PeerUnavailable, ProtocolError
-from dtwz.wire.protocol import (
-    ErrorReply,
-    Frame,
-    Message,
-    decode,
-    decode_envelope,
-    encode,
-    error_reply,
-    raise_error,
-)
+from dtwz.wire.codec import Frame, decode, decode_envelope, encode, error_reply, raise_error
+from dtwz.wire.messages import ErrorReply, Message
 
 log = logging.getLogger(__name__)
 

@@ -1,27 +1,31 @@
-"""A dtwz node: store, peer endpoint, HTTP API, membership and location directory.
+"""A dtwz node: one process that wires the layers below into a member of a cluster.
 
-Life cycle (``startup / serve / shutdown``): open the store (recovery runs),
-bind the peer endpoint and the HTTP API, join through the seeds, then run the
-heartbeat loop until SIGTERM/SIGINT; on shutdown announce LEAVE and close.
+Life cycle (``startup / serve / shutdown``, or ``async with Node(config)``):
 
-The location half of the resolver lives here:
-- **membership**: heartbeats gossip the member list every ``heartbeat_interval``;
-  a member whose heartbeat stops growing is SUSPECT after ``suspect_after`` and
-  DEAD after ``dead_after`` seconds (``dtwz.resolver.membership``). A node joins
-  again through any seed at which no live member answers, every ``RESEED_EVERY``
-  seconds: nobody gossips to the dead, so a seed that restarted knowing no one
-  (a lone seed, as in a local cluster) would otherwise stay alone;
-- **directory**: each object's record (home, version, epoch) is kept by the
-  ``directory_copies`` live members that rendezvous hashing picks for its ID. The
-  records are soft state: a home republishes all of its records whenever the
-  membership changes (and every ``REPUBLISH_EVERY`` seconds), so the directory
-  heals after joins, leaves and failures;
-- **locate**: local objects answer at once; otherwise the location cache, then
-  the directory owners, then (while the directory heals) every live member.
+1. **startup** opens the store (recovery runs) and builds the parts on it: the
+   object service, the namespace (which creates the root directory on the one
+   node meant to home it), migrations, the graph agent, the code executor, the
+   location directory and, with security on, the keys, CurveZMQ and the access
+   policy. Then it merges the parts' peer handlers into one table
+   (``dtwz.node.dispatch``), binds the peer endpoint, resumes the migrations a
+   crash interrupted, serves the HTTP API (``dtwz.node.http``) and starts the
+   loops: joining, heartbeats and reseeding (``dtwz.node.gossip``), republishing
+   the location directory (``dtwz.node.location_directory``);
+2. **serve** waits for ``stop()``, SIGTERM or SIGINT;
+3. **shutdown** says goodbye to the live peers (LEAVE), stops the loops, the
+   HTTP API and the peer endpoint, and closes the store.
 
-The name half of the resolver is ``self.names`` (``dtwz.resolver.namespace``): it
-creates the root directory at start-up on the one node meant to home it, and
-serves ``DirOp`` changes of the directories homed here.
+docs/ARCHITECTURE.md draws the layers and the path of a request through them.
+
+The node is also the one object the parts below it talk to about the cluster:
+the object service, the namespace, the graph agent, the code executor and
+migrations each name what they need of it in a small protocol (``locate``,
+``request``, ``publish_created`` and so on); the methods under "the cluster, as
+the parts see it" answer them by handing over to the gossip and the location
+directory. The HTTP routes see it as ``dtwz.node.http.context.NodeApi``.
+
+Invariant: the parts exist from ``startup`` to ``shutdown`` and are built before
+the first request can arrive (peer or HTTP), so no handler sees a half-built node.
 """
 
 from __future__ import annotations
@@ -32,69 +36,53 @@ import logging
 import signal
 import time
 from collections import defaultdict
+from collections.abc import Coroutine
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from dtwz.errors import DtwzError, HomeUnreachable, ObjectNotFound, PeerUnavailable
+from dtwz.errors import DtwzError
 from dtwz.format.ids import ObjectId
 from dtwz.format.layout import DATA_START
 from dtwz.graph.agent import GraphAgent
 from dtwz.graph.execute import CodeExecutor
+from dtwz.node import dispatch
 from dtwz.node.access import Access, KeyRing
 from dtwz.node.code.runner import CodeRunner
 from dtwz.node.config import NodeConfig
+from dtwz.node.dispatch import Dispatcher
+from dtwz.node.gossip import Gossip
+from dtwz.node.http.app import start_http
+from dtwz.node.location_directory import LocationDirectory
 from dtwz.node.migration import Migrations
 from dtwz.node.peer import Curve, PeerEndpoint, curve_keypair
 from dtwz.resolver.directory_objects import DIRECTORY_MAGIC
-from dtwz.resolver.locations import DirectoryShard, LocationCache, rendezvous_owners
-from dtwz.resolver.membership import (
-    MemberDied,
-    MemberJoined,
-    MemberLeft,
-    MemberRecovered,
-    Membership,
-    MembershipEvent,
-    MemberState,
-)
+from dtwz.resolver.locations import DirectoryShard, LocationCache
+from dtwz.resolver.membership import Membership
 from dtwz.resolver.namespace import Namespace
 from dtwz.security import keyfiles
 from dtwz.service.objects import ObjectService
 from dtwz.store.store import Store
-from dtwz.wire.messages import (
-    Ack,
-    Create,
-    DirOp,
-    EdgeUses,
-    ErrorReply,
-    Fetch,
-    FetchMany,
-    GraphExpand,
-    Heartbeat,
-    HomeRecord,
-    Invalidate,
-    Join,
-    Leave,
-    Locate,
-    Location,
-    MemberInfo,
-    Members,
-    Message,
-    Migrate,
-    Migrated,
-    MigrateIn,
-    ObjectData,
-    Ping,
-    Publish,
-    RunCode,
-    Transact,
-)
+from dtwz.wire.kinds import MemberState
+from dtwz.wire.messages import HomeRecord, Location, Message, Migrate, Migrated
+
+if TYPE_CHECKING:
+    from aiohttp import web
 
 log = logging.getLogger(__name__)
 
-REPUBLISH_EVERY = 30.0
-RESEED_EVERY = 1.0
-PUBLISH_BATCH = 1024  # records per Publish: encoding one must not stall the loop
-_NO_RECORD = HomeRecord(ObjectId(bytes(16)), "", 0, 0)
+
+@dataclass(frozen=True)
+class NodeParts:
+    """What ``startup`` builds on the store; it lives until ``shutdown``."""
+
+    store: Store
+    service: ObjectService
+    names: Namespace
+    migrations: Migrations
+    graph: GraphAgent
+    code: CodeExecutor
+    directory: LocationDirectory
 
 
 class Node:
@@ -102,79 +90,128 @@ class Node:
         self.config = config.validate()
         self.node_id = config.node_id
         self.started = time.time()
-        self.store: Store | None = None
-        self.service: ObjectService | None = None
-        self.names: Namespace | None = None
-        self.migrations: Migrations | None = None
-        self.graph: GraphAgent | None = None
-        self.code: CodeExecutor | None = None
-        self.access: Access | None = None
+        self.stats: dict[str, int] = defaultdict(int)
+        self.access: Access | None = None  # set at startup with security on
+        self.dispatcher = Dispatcher(self.stats)
         self.peer = PeerEndpoint(
             f"tcp://{config.bind_host}:{config.peer_port}",
-            self._dispatch,
+            self.dispatcher,
             timeout=config.request_timeout,
         )
-        self.membership = Membership(
-            self._me(MemberState.ALIVE, time.time_ns()),
-            suspect_after=config.suspect_after,
-            dead_after=config.dead_after,
+        self.gossip = Gossip(
+            config,
+            self.peer,
+            stats=self.stats,
+            spawn=self._spawn,
+            on_member_gone=self._member_gone,
+            on_change=self._membership_changed,
         )
-        self.shard = DirectoryShard()
-        self.locations = LocationCache()
-        self.joined = asyncio.Event()
+        self.shard = DirectoryShard()  # the records this node keeps for the cluster
+        self.locations = LocationCache()  # where homes are, as this node learnt it
+        self._parts: NodeParts | None = None
         self._stop = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._republish_wanted = asyncio.Event()
-        self._http_runner: Any = None
-        self.stats: dict[str, int] = defaultdict(int)
+        self._http_runner: web.AppRunner | None = None
         self._admitted_read = 0.0
 
-    def _me(self, state: int, incarnation: int, heartbeat: int = 0) -> MemberInfo:
-        c = self.config
-        return MemberInfo(c.node_id, c.peer_addr, c.http_addr, incarnation, state, heartbeat)
+    @property
+    def membership(self) -> Membership:
+        return self.gossip.membership
+
+    @property
+    def joined(self) -> asyncio.Event:
+        return self.gossip.joined
+
+    @property
+    def parts(self) -> NodeParts:
+        if self._parts is None:
+            raise DtwzError(f"node {self.node_id} is not started")
+        return self._parts
+
+    @property
+    def store(self) -> Store:
+        return self.parts.store
+
+    @property
+    def service(self) -> ObjectService:
+        return self.parts.service
+
+    @property
+    def names(self) -> Namespace:
+        return self.parts.names
+
+    @property
+    def migrations(self) -> Migrations:
+        return self.parts.migrations
+
+    @property
+    def graph(self) -> GraphAgent:
+        return self.parts.graph
+
+    @property
+    def code(self) -> CodeExecutor:
+        return self.parts.code
+
+    @property
+    def directory(self) -> LocationDirectory:
+        return self.parts.directory
 
     # -- life cycle --------------------------------------------------------------
 
     async def startup(self) -> None:
-        data = self.config.data_dir
-        self.store = Store.open(data / "store", create=True, durable=self.config.durable)
-        self.service = ObjectService(self.store, self)
         c = self.config
-        self.names = Namespace(
-            self, self.service, cluster_id=c.cluster_id, seeds=c.seeds, peer_addr=c.peer_addr
-        )
-        self.names.startup()  # the root, if it is ours to create
-        self.migrations = Migrations(data, self.service, self)
-        self.graph = GraphAgent(self, self.service, self.names)
-        if c.prefetch_neighbours > 0:
-            self.service.on_fetched = self.graph.prefetch_neighbours(c.prefetch_neighbours)
-        identity_file = self._setup_security() if c.security else None
-        runner = CodeRunner(data / "store", self.config.http_url, identity_file=identity_file)
-        self.code = CodeExecutor(self, self.service, self.graph, runner)
+        store = Store.open(c.data_dir / "store", create=True, durable=c.durable)
+        parts = self._parts = self._build(store)
+        for table in (
+            dispatch.object_service_handlers(parts.service),
+            dispatch.namespace_handlers(parts.names),
+            dispatch.graph_handlers(parts.graph, parts.code),
+            parts.migrations.handlers(),
+            parts.directory.handlers(),
+            self.gossip.handlers(),
+        ):
+            self.dispatcher.add(table)
         await self.peer.start()
-        self.migrations.resume()  # moves a crash interrupted
-        from dtwz.node.http import start_http  # the one module that builds the aiohttp app
+        parts.migrations.resume()  # moves a crash interrupted
+        self._http_runner = await start_http(self, c.bind_host, c.http_port)
+        for loop in (*self.gossip.loops(), parts.directory.republish_loop()):
+            self._spawn(loop)
+        log.info("node %s up: peer %s, http %s", self.node_id, c.peer_addr, c.http_addr)
 
-        self._http_runner = await start_http(self)
-        self._spawn(self._join_loop())
-        self._spawn(self._heartbeat_loop())
-        self._spawn(self._reseed_loop())
-        self._spawn(self._republish_loop())
-        log.info(
-            "node %s up: peer %s, http %s",
-            self.node_id,
-            self.config.peer_addr,
-            self.config.http_addr,
+    def _build(self, store: Store) -> NodeParts:
+        """The parts, on an open store; no await: nothing can call in half-way."""
+        c = self.config
+        service = ObjectService(store, self)
+        names = Namespace(
+            self, service, cluster_id=c.cluster_id, seeds=c.seeds, peer_addr=c.peer_addr
         )
+        names.startup()  # the root, if it is ours to create
+        migrations = Migrations(c.data_dir, service, self)
+        graph = GraphAgent(self, service, names)
+        if c.prefetch_neighbours > 0:
+            service.on_fetched = graph.prefetch_neighbours(c.prefetch_neighbours)
+        identity_file = self._setup_security(service) if c.security else None
+        runner = CodeRunner(c.data_dir / "store", c.http_url, identity_file=identity_file)
+        code = CodeExecutor(self, service, graph, runner)
+        directory = LocationDirectory(
+            self.node_id,
+            service,
+            self.gossip,
+            copies=c.directory_copies,
+            settle=c.heartbeat_interval,
+            shard=self.shard,
+            cache=self.locations,
+            stats=self.stats,
+            spawn=self._spawn,
+        )
+        return NodeParts(store, service, names, migrations, graph, code, directory)
 
-    def _setup_security(self) -> Path:
+    def _setup_security(self, service: ObjectService) -> Path:
         """Keys (made on first start, this node admitted), CurveZMQ on the peer
         endpoint and the access policy; the identity file its code worker signs with."""
         folder = self.config.keys_folder
         admitted = keyfiles.ensure_keys(folder, [self.node_id], curve_keypair)
         mine = keyfiles.NodeKeys.load(folder, self.node_id)
-        assert self.service is not None
-        service = self.service
 
         async def read_key(kuid: ObjectId) -> bytes:
             obj, _, _ = await service.open_whole(kuid)
@@ -222,15 +259,11 @@ class Node:
         self._stop.set()
 
     async def shutdown(self) -> None:
-        self.membership.leave(time.monotonic())
-        goodbye = Leave(self.node_id, self.membership.me().incarnation)
-        await asyncio.gather(
-            *(self._quiet(self.request(n, goodbye, 0.5)) for n in self._peers()),
-        )
-        if self.migrations is not None:
-            await self.migrations.close()
-        if self.code is not None:
-            await self.code.close()
+        await self.gossip.leave()
+        parts = self._parts
+        if parts is not None:
+            await parts.migrations.close()
+            await parts.code.close()
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
@@ -238,10 +271,9 @@ class Node:
         if self._http_runner is not None:
             await self._http_runner.cleanup()
         await self.peer.close()
-        if self.service is not None:
-            self.service.close()
-        if self.store is not None:
-            self.store.close()
+        if parts is not None:
+            parts.service.close()
+            parts.store.close()
 
     async def __aenter__(self) -> Node:
         await self.startup()
@@ -250,360 +282,85 @@ class Node:
     async def __aexit__(self, *exc: object) -> None:
         await self.shutdown()
 
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    @staticmethod
-    async def _quiet(aw: Any) -> Any:
-        try:
-            return await aw
-        except DtwzError:
-            return None
+    def _member_gone(self, node_id: str) -> None:
+        """A member died, left or came back: what this node kept about it is stale."""
+        self.locations.drop_home(node_id)
+        if self._parts is not None:
+            self._parts.service.copies.drop_home(node_id)
+            self._parts.service.drop_holder(node_id)
 
-    # -- peers -------------------------------------------------------------------
+    def _membership_changed(self) -> None:
+        if self._parts is not None:
+            self._parts.directory.wanted.set()
 
-    def _peers(self) -> list[str]:
-        return [n for n in self.membership.alive_ids() if n != self.node_id]
+    # -- the cluster, as the parts see it -------------------------------------------
 
     async def request(
         self, node_id: str, message: Message, timeout: float | None = None
     ) -> Message:
         """Send to a member by node ID (``HomeUnreachable`` if it is not a live member)."""
-        member = self.membership.get(node_id)
-        if member is None or member.state in (MemberState.DEAD, MemberState.LEFT):
-            raise HomeUnreachable(f"node {node_id} is not a live member of the cluster")
-        return await self.peer.request(member.peer_addr, message, timeout)
-
-    async def _dispatch(self, m: Message) -> Message:
-        service = self.service
-        assert service is not None
-        self.stats[f"peer_{type(m).__name__}"] += 1
-        match m:
-            case Fetch():
-                return await service.on_fetch(m)
-            case Transact():
-                return await service.on_transact(m)
-            case Invalidate():
-                return await service.on_invalidate(m)
-            case Create():
-                return await service.on_create(m)
-            case DirOp():
-                assert self.names is not None
-                return await self.names.on_dir_op(m)
-            case Locate():
-                oid = m.object_id
-                if service.is_home(oid):  # the home knows best: version and copies
-                    version = service.store.get(oid).header().version
-                    copies = sorted(service.holders.get(oid, ()))
-                    here = HomeRecord(oid, self.node_id, version, service.epoch_of(oid))
-                    return Location(True, here, copies)
-                record = self.shard.get(oid)
-                forward = service.forwarding(oid)
-                if forward is not None and (record is None or record.epoch < forward[1]):
-                    record = HomeRecord(oid, forward[0], 0, forward[1])  # it moved from here
-                return Location(record is not None, record or _NO_RECORD)
-            case FetchMany():
-                return await service.on_fetch_many(m)
-            case GraphExpand():
-                assert self.graph is not None
-                return await self.graph.on_expand(m)
-            case EdgeUses():
-                assert self.graph is not None
-                return await self.graph.on_edge_uses(m)
-            case Migrate():
-                return await self.migrate(m)
-            case RunCode():
-                assert self.code is not None
-                return await self.code.on_run_code(m)
-            case MigrateIn():
-                assert self.migrations is not None
-                return await self.migrations.on_migrate_in(m)
-            case Publish():
-                return Ack(sum(self.shard.put(r) for r in m.records))
-            case Heartbeat():
-                self.membership.heard_directly(m.sender.node_id, time.monotonic())
-                await self._apply_events(
-                    self.membership.merge([m.sender, *m.members], time.monotonic())
-                )
-                return Members(self.membership.members())
-            case Join():
-                events = self.membership.merge([m.member], time.monotonic())
-                self.membership.heard_directly(m.member.node_id, time.monotonic())
-                await self._apply_events(events)
-                return Members(self.membership.members())
-            case Leave():
-                now = time.monotonic()
-                await self._apply_events(self.membership.note_left(m.node_id, m.incarnation, now))
-                return Ack()
-            case Ping():
-                return Ack()
-        return ErrorReply("ProtocolError", f"{type(m).__name__} is not a request")
-
-    # -- membership ----------------------------------------------------------------
-
-    async def _join_loop(self) -> None:
-        seeds = [s for s in self.config.seeds if s != self.config.peer_addr]
-        if not seeds:
-            self.joined.set()
-            return
-        delay = 0.1
-        while not self.joined.is_set():
-            for seed in seeds:
-                try:
-                    reply = await self.peer.request(seed, Join(self.membership.me()), 1.0)
-                except DtwzError as exc:
-                    log.debug("seed %s: %s", seed, exc)
-                    continue
-                if isinstance(reply, Members):
-                    now = time.monotonic()
-                    await self._apply_events(self.membership.merge(reply.members, now))
-                    self.joined.set()
-                    self._republish_wanted.set()
-                    break
-            if not self.joined.is_set():
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
-
-    async def _reseed_loop(self) -> None:
-        await self.joined.wait()
-        while True:
-            await asyncio.sleep(RESEED_EVERY)
-            live = {
-                m.peer_addr
-                for m in self.membership.members()
-                if m.state in (MemberState.ALIVE, MemberState.SUSPECT)
-            }
-            for seed in self.config.seeds:
-                if seed not in live and seed != self.config.peer_addr:
-                    self._spawn(self._rejoin(seed))
-
-    async def _rejoin(self, seed: str) -> None:
-        try:
-            reply = await self.peer.request(seed, Join(self.membership.me()), 1.0)
-        except DtwzError:
-            return  # still down
-        if isinstance(reply, Members):
-            self.stats["rejoins"] += 1
-            await self._apply_events(self.membership.merge(reply.members, time.monotonic()))
-
-    async def _heartbeat_loop(self) -> None:
-        interval = self.config.heartbeat_interval
-        while True:
-            await self._apply_events(self.membership.tick(time.monotonic()))
-            beat = Heartbeat(self.membership.me(), self.membership.members())
-            for node_id in self._peers():
-                self._spawn(self._gossip(node_id, beat, interval * 2))
-            await asyncio.sleep(interval)
-
-    async def _gossip(self, node_id: str, beat: Heartbeat, timeout: float) -> None:
-        try:
-            reply = await self.request(node_id, beat, timeout)
-        except DtwzError:
-            return  # missed heartbeats are what failure detection counts
-        if isinstance(reply, Members):
-            now = time.monotonic()
-            self.membership.heard_directly(node_id, now)
-            await self._apply_events(self.membership.merge(reply.members, now))
-
-    async def _apply_events(self, events: list[MembershipEvent]) -> None:
-        for event in events:
-            log.info("%s: %s", self.node_id, event)
-            self.stats[type(event).__name__] += 1
-            if isinstance(event, MemberDied | MemberLeft | MemberRecovered):
-                gone = event.node_id
-                self.locations.drop_home(gone)
-                if self.service is not None:
-                    self.service.copies.drop_home(gone)
-                    self.service.drop_holder(gone)
-                member = self.membership.get(gone)
-                if member is not None and not isinstance(event, MemberRecovered):
-                    self.peer.forget(member.peer_addr)
-            if isinstance(event, MemberJoined | MemberDied | MemberLeft | MemberRecovered):
-                self._republish_wanted.set()
-
-    # -- directory -------------------------------------------------------------------
-
-    def _local_record(self, oid: ObjectId) -> HomeRecord | None:
-        if self.service is None or not self.service.is_home(oid):
-            return None
-        return HomeRecord(oid, self.node_id, 0, self.service.epoch_of(oid))
-
-    def learn_location(self, record: HomeRecord) -> None:
-        """A home said where an object went (a migration): cache it (higher epoch wins)."""
-        self.locations.put(record)
-
-    async def migrate(self, m: Migrate) -> Migrated:
-        """Move objects homed here to another node (``dtwz.node.migration``)."""
-        assert self.migrations is not None
-        return await self.migrations.migrate(m.object_ids, m.to_node, m.txn_id)
+        return await self.gossip.request(node_id, message, timeout)
 
     def alive_ids(self) -> list[str]:
-        return self.membership.alive_ids()
+        return self.gossip.alive_ids()
 
     def is_alive(self, node_id: str) -> bool:
-        return self._is_alive(node_id)
-
-    def pinned(self, oid: ObjectId) -> bool:
-        """Objects that never migrate: directories keep the namespace's homing rules."""
-        assert self.service is not None
-        if self.names is not None and oid == self.names.root:
-            return True
-        head = self.service.store.get(oid).read(DATA_START, len(DIRECTORY_MAGIC))
-        return bytes(head) == DIRECTORY_MAGIC
-
-    def _owners(self, oid: bytes) -> list[str]:
-        return rendezvous_owners(oid, self.membership.alive_ids(), self.config.directory_copies)
-
-    async def locate(self, oid: ObjectId, *, refresh: bool = False) -> HomeRecord:
-        local = self._local_record(oid)
-        if local is not None:
-            return local
-        if refresh:
-            self.locations.invalidate(oid)
-        else:
-            cached = self.locations.get(oid)
-            if cached is not None:
-                return self._check_home(cached)
-        self.stats["directory_lookups"] += 1
-        owners = self._owners(oid)
-        if self.node_id in owners:  # our own shard first: no round trip
-            owners.remove(self.node_id)
-            owners.insert(0, self.node_id)
-        for owner in owners:
-            if owner == self.node_id:
-                record = self.shard.get(oid)
-            else:
-                try:
-                    reply = await self.request(owner, Locate(oid))
-                except DtwzError:
-                    continue
-                record = reply.record if isinstance(reply, Location) and reply.found else None
-            if record is not None and (not refresh or self._is_alive(record.home)):
-                self.locations.put(record)
-                return self._check_home(record)
-        return await self._locate_by_asking_everyone(oid)
-
-    def hint_location(self, oid: ObjectId, home: str) -> bool:
-        """A guess where ``oid`` lives, used only while nothing better is known: its
-        epoch 0 loses to any published record, and a wrong guess is found and
-        corrected like any stale record (the fetch fails, the directory is asked).
-        Whether the guess was taken."""
-        if oid in self.locations or not self._is_alive(home):
-            return False
-        return self.locations.put(HomeRecord(oid, home, 0, 0))
+        return self.gossip.is_alive(node_id)
 
     def member_at(self, peer_addr: str) -> tuple[str, int] | None:
         """(node ID, state) of the member whose peer address is ``peer_addr``, if any."""
-        for m in self.membership.members():
-            if m.peer_addr == peer_addr:
-                return m.node_id, m.state
-        return None
+        return self.gossip.member_at(peer_addr)
 
-    def _is_alive(self, node_id: str) -> bool:
-        member = self.membership.get(node_id)
-        return member is not None and member.state in (MemberState.ALIVE, MemberState.SUSPECT)
-
-    def _check_home(self, record: HomeRecord) -> HomeRecord:
-        if not self._is_alive(record.home):
-            raise HomeUnreachable(
-                f"object {record.object_id.hex()} lives on node {record.home}, which is down"
-            )
-        return record
-
-    async def _locate_by_asking_everyone(self, oid: ObjectId) -> HomeRecord:
-        """The directory does not know (yet): ask every live member whether it homes it."""
-        self.stats["broadcast_lookups"] += 1
-        probe = Fetch(oid, 0, 0, False, False, self.node_id)
-        peers = self._peers()
-        replies = await asyncio.gather(
-            *(self.request(n, probe) for n in peers), return_exceptions=True
-        )
-        unreachable = False
-        for node_id, reply in zip(peers, replies, strict=True):
-            if isinstance(reply, ObjectData):
-                record = HomeRecord(oid, node_id, reply.version, 1)
-                self.locations.put(record)
-                self._spawn(self.publish_created(record))  # heal the directory
-                return record
-            unreachable |= isinstance(reply, PeerUnavailable)
-        if unreachable:
-            raise HomeUnreachable(f"object {oid.hex()} not found; some nodes did not answer")
-        raise ObjectNotFound(f"no node of the cluster holds object {oid.hex()}")
-
-    async def publish_created(self, record: HomeRecord) -> None:
-        owners = self._owners(record.object_id)
-        await asyncio.gather(*(self._publish(o, [record]) for o in owners))
-
-    async def _publish(self, owner: str, records: list[HomeRecord]) -> None:
-        if owner == self.node_id:
-            for r in records:
-                self.shard.put(r)
-            return
-        try:
-            await self.request(owner, Publish(records))
-        except DtwzError as exc:
-            log.info("publish to %s failed: %s", owner, exc)
-
-    async def _republish_loop(self) -> None:
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._republish_wanted.wait(), REPUBLISH_EVERY)
-            self._republish_wanted.clear()
-            await asyncio.sleep(self.config.heartbeat_interval)  # let a burst of events settle
-            await self.republish()
-
-    async def republish(self) -> int:
-        """Send every record this node homes to its current directory owners."""
-        assert self.store is not None
-        by_owner: dict[str, list[HomeRecord]] = defaultdict(list)
-        count = 0
-        alive = self.membership.alive_ids()
-        self.stats["republish_members"] = len(alive)
-        assert self.service is not None
-        # with no more members than copies every member owns every record: no hashing
-        everyone = alive if len(alive) <= self.config.directory_copies else None
-        for oid in self.store.object_ids():
-            record = HomeRecord(oid, self.node_id, 0, self.service.epoch_of(oid))
-            for owner in everyone or self._owners(oid):
-                batch = by_owner[owner]
-                batch.append(record)
-                if len(batch) >= PUBLISH_BATCH:
-                    await self._publish(owner, batch)  # as it fills: memory stays bounded
-                    by_owner[owner] = []
-            count += 1
-            if count % 1000 == 0:
-                await asyncio.sleep(0)  # keep serving while a large store is scanned
-        await asyncio.gather(*(self._publish(o, r) for o, r in by_owner.items() if r))
-        # Records this shard no longer owns are kept: dropping them by this node's
-        # view could drop a record another node just published here under a newer
-        # view. They cost memory only; lookups go to the current owners.
-        self.stats["republishes"] += 1
-        self.stats["republished"] += count
-        return count
+    async def locate(self, oid: ObjectId, *, refresh: bool = False) -> HomeRecord:
+        return await self.directory.locate(oid, refresh=refresh)
 
     async def describe(self, oid: ObjectId, *, refresh: bool = False) -> Location:
         """Where an object lives, with the home's own version and list of copy holders."""
-        record = await self.locate(oid, refresh=refresh)
-        if record.home == self.node_id:
-            reply = await self._dispatch(Locate(oid))
-        else:
-            try:
-                reply = await self.request(record.home, Locate(oid))
-            except DtwzError:  # the directory's word is the best we have
-                return Location(True, record, [])
-        assert isinstance(reply, Location)
-        return reply if reply.found else Location(True, record, [])
+        return await self.directory.describe(oid, refresh=refresh)
+
+    def learn_location(self, record: HomeRecord) -> None:
+        """A home said where an object went (a migration): cache it (higher epoch wins)."""
+        self.directory.learn(record)
+
+    def hint_location(self, oid: ObjectId, home: str) -> bool:
+        """A guess where ``oid`` lives, taken only while nothing better is known."""
+        return self.directory.hint(oid, home)
+
+    async def publish_created(self, record: HomeRecord) -> None:
+        await self.directory.publish(record)
+
+    async def republish(self) -> int:
+        """Send every record this node homes to its current directory owners."""
+        return await self.directory.republish()
+
+    async def migrate(self, m: Migrate) -> Migrated:
+        """Move objects homed here to another node (``dtwz.node.migration``)."""
+        return await self.migrations.on_migrate(m)
+
+    def pinned(self, oid: ObjectId) -> bool:
+        """Objects that never migrate: directories keep the namespace's homing rules."""
+        if oid == self.names.root:
+            return True
+        head = self.store.get(oid).read(DATA_START, len(DIRECTORY_MAGIC))
+        return bytes(head) == DIRECTORY_MAGIC
 
     # -- status ----------------------------------------------------------------------
 
+    def is_ready(self) -> bool:
+        """Joined the cluster and serving (``GET /ready``)."""
+        return self.joined.is_set() and self._parts is not None
+
     def status(self) -> dict[str, Any]:
-        assert self.store is not None and self.service is not None
+        p = self.parts
         members = [
             {
                 "node_id": m.node_id,
-                "state": MemberState(m.state).name.lower(),
+                "state": MemberState(m.state).label,
                 "peer": m.peer_addr,
                 "http": m.http_addr,
                 "incarnation": m.incarnation,
@@ -614,20 +371,20 @@ class Node:
             "node_id": self.node_id,
             "uptime": round(time.time() - self.started, 3),
             "members": members,
-            "objects": sum(1 for _ in self.store.object_ids()),  # homed here
+            "objects": sum(1 for _ in p.store.object_ids()),  # homed here
             "directory_records": len(self.shard),
-            "copies": len(self.service.copies),
-            "cache": dict(self.service.copies.stats),
-            "service": dict(self.service.stats),
-            "store": dict(self.store.stats),
+            "copies": len(p.service.copies),
+            "cache": dict(p.service.copies.stats),
+            "service": dict(p.service.stats),
+            "store": dict(p.store.stats),
             "peer": dict(self.peer.stats),
             "node": dict(self.stats),
             "access": dict(self.access.stats) if self.access is not None else {},
-            "names": self.names.status() if self.names is not None else {},
-            "graph": dict(self.graph.stats) if self.graph is not None else {},
-            "code": dict(self.code.stats) if self.code is not None else {},
-            "migrations": dict(self.migrations.stats) if self.migrations is not None else {},
-            "root": self.names.root.hex() if self.names is not None else None,
+            "names": p.names.status(),
+            "graph": dict(p.graph.stats),
+            "code": dict(p.code.stats),
+            "migrations": dict(p.migrations.stats),
+            "root": p.names.root.hex(),
         }
 
 

@@ -1,4 +1,5 @@
-"""HTTP handlers of the object-graph service (registered by ``dtwz.node.http``).
+"""The graph and code routes: walks, drawings, prefetch, migration, co-location
+and running code at the data (``dtwz.graph``; docs/GRAPH.md describes them).
 
 Routes::
 
@@ -31,29 +32,14 @@ from dtwz import errors
 from dtwz.errors import AccessDenied, DtwzError, InvalidArgument
 from dtwz.format.ids import ObjectId
 from dtwz.graph import model, render, stream
-from dtwz.node.http import _flag, _json, _node, accessor, allow
+from dtwz.node.http.context import accessor, allow, flag_query, json_body, node_of
 from dtwz.security.capabilities import Rights
 
 if TYPE_CHECKING:
     import networkx as nx
 
-    from dtwz.graph.agent import GraphAgent
-
-
-def add_routes(app: web.Application) -> None:
-    app.router.add_get("/graph/walk", walk)
-    app.router.add_get("/graph/view", view)
-    app.router.add_post("/graph/prefetch", prefetch)
-    app.router.add_post("/graph/migrate", migrate)
-    app.router.add_post("/graph/colocate", colocate)
-    app.router.add_post("/code/run", run_code)
-
-
-def _agent(request: web.Request) -> GraphAgent:
-    agent = _node(request).graph
-    if agent is None:
-        raise DtwzError("the node is starting")
-    return agent
+# pages a browser opens from a signed link (``dtwz graph ROOT --link``)
+LINK_ROUTES = frozenset({"/graph/view"})
 
 
 def _limit(raw: Any, what: str) -> int | None:
@@ -83,8 +69,8 @@ def _walk_args(request: web.Request) -> dict[str, Any]:
 async def walk(request: web.Request) -> web.Response:
     root = _root(request)
     await allow(request, root, Rights.READ)
-    uses = _flag(request, "uses") or "uses" not in request.query
-    graph = await _agent(request).walk(root, uses=uses, **_walk_args(request))
+    uses = flag_query(request, "uses") or "uses" not in request.query
+    graph = await node_of(request).graph.walk(root, uses=uses, **_walk_args(request))
     return web.json_response(model.to_json(graph))
 
 
@@ -95,7 +81,7 @@ async def view(request: web.Request) -> web.Response:
         raise InvalidArgument(f"format must be one of {', '.join(render.FORMATS)}")
     root = _root(request)
     await allow(request, root, Rights.READ)
-    graph: nx.DiGraph[str] = await _agent(request).walk(root, **_walk_args(request))
+    graph: nx.DiGraph[str] = await node_of(request).graph.walk(root, **_walk_args(request))
     text = render.render(graph, fmt)
     types = {
         "html": "text/html",
@@ -107,8 +93,8 @@ async def view(request: web.Request) -> web.Response:
 
 
 async def prefetch(request: web.Request) -> web.StreamResponse:
-    agent = _agent(request)
-    node = _node(request)
+    node = node_of(request)
+    agent = node.graph
     root = _root(request)
     to = request.query.get("to", "node")
     if to not in ("node", "client"):
@@ -129,7 +115,6 @@ async def prefetch(request: web.Request) -> web.StreamResponse:
             )
         )
         if to == "client":
-            assert node.service is not None
             sent = sent_bytes = 0
             for key in objects:
                 try:
@@ -163,14 +148,14 @@ def _ids(raw: Any) -> list[ObjectId]:
 
 
 async def migrate(request: web.Request) -> web.Response:
-    body = await _json(request)
+    body = await json_body(request)
     to = body.get("to")
     if not isinstance(to, str) or not to:
         raise InvalidArgument("to must name a node")
     ids = _ids(body.get("ids"))
     for oid in ids:
         await allow(request, oid, Rights.WRITE)
-    done = await _agent(request).migrate(ids, to)
+    done = await node_of(request).graph.migrate(ids, to)
     return web.json_response(
         {
             "to": to,
@@ -183,13 +168,13 @@ async def migrate(request: web.Request) -> web.Response:
 
 
 async def colocate(request: web.Request) -> web.Response:
-    body = await _json(request)
+    body = await json_body(request)
     root = ObjectId.parse(str(body.get("root")))
     await allow(request, root, Rights.READ)
-    access = _node(request).access
+    access = node_of(request).access
     if access is not None and not body.get("dry_run") and not access.is_trusted(accessor(request)):
         raise AccessDenied("co-location moves objects nobody named: only the admin may run it")
-    plan, done = await _agent(request).colocate(
+    plan, done = await node_of(request).graph.colocate(
         root,
         depth=_limit(body.get("depth"), "depth"),
         budget=_limit(body.get("budget"), "budget"),
@@ -212,10 +197,8 @@ async def colocate(request: web.Request) -> web.Response:
 
 
 async def run_code(request: web.Request) -> web.Response:
-    body = await _json(request)
-    node = _node(request)
-    if node.code is None:
-        raise DtwzError("the node is starting")
+    body = await json_body(request)
+    node = node_of(request)
     args = body.get("args", [])
     if not isinstance(args, list):
         raise InvalidArgument("args must be a JSON list")
