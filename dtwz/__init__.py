@@ -11,12 +11,12 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from dtwz.client.local import connect
     from dtwz.errors import DtwzError
     from dtwz.format.ids import ZERO_ID, ObjectId, derive_object_id
     from dtwz.format.layout import FotEntry, FotFlags, ObjectFlags, ObjectHeader, Protection
     from dtwz.format.pointers import PersistentPointer, make_pointer, split_pointer
     from dtwz.format.views import F64, I64, U8, U16, U32, U64, Bytes, Layout, Pointer, Ref
-    from dtwz.node.launcher import connect
     from dtwz.store.objects import StoredObject
     from dtwz.store.store import Store
     from dtwz.store.transaction import DEFAULT_OBJECT_SIZE, Transaction
@@ -48,7 +48,7 @@ _EXPORTS = {
     "U64": "dtwz.format.views",
     "U8": "dtwz.format.views",
     "ZERO_ID": "dtwz.format.ids",
-    "connect": "dtwz.node.launcher",
+    "connect": "dtwz.client.local",
     "derive_object_id": "dtwz.format.ids",
     "make_pointer": "dtwz.format.pointers",
     "split_pointer": "dtwz.format.pointers",

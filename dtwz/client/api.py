@@ -1,18 +1,18 @@
-"""A synchronous client for one node's HTTP API, and a cache of object copies.
+"""``Client``: the public API of one node, and a cache of object copies.
 
 ``Client(url)`` speaks to one node; that node reaches the rest of the cluster, so
-any object can be read, written or followed through any node. Errors the node
-reports as ``{"error": kind, "message": ...}`` are raised again here as the same
-``dtwz.errors`` class; a node that cannot be reached raises ``PeerUnavailable``
-naming its URL, after at most ``timeout`` seconds per attempt.
+any object can be read, written or followed through any node. The client is
+built in layers, each in its own module:
 
-Retries: a request that fails on a kept-alive connection the node had closed
-(its idle timer, or a restart) is sent again on a fresh one, once, without
-counting as a retry. Beyond that, every mutation (``create`` included) carries a
-transaction ID (``X-Dtwz-Txn`` or ``txn_id``) and the home applies an ID at most
-once, so a mutation is retried once, with the same ID, after any transport
-failure. Reads are retried once unless they timed out (a retry would only double
-the wait). So a call returns or raises within about two ``timeout`` periods.
+- ``dtwz.client.transport``: connections, retries, and the node's errors raised
+  again as the same ``dtwz.errors`` class (``PeerUnavailable`` when it cannot be
+  reached, after at most ``timeout`` seconds per attempt);
+- ``dtwz.client.auth``: with an ``identity``, every request signed or made in a
+  session, with the capabilities added by ``add_capability`` (docs/SECURITY.md);
+- ``dtwz.client.transactions``: ``Op`` and ``RemoteTransaction``;
+- ``dtwz.client.graph``: walks, prefetch, migration and code runs;
+- this module: the methods a user calls, and the copies;
+- ``dtwz.client.local``: ``dtwz.connect()``, which finds a node by itself.
 
 Copies: ``get`` fetches an object's image (header record, data, FOT) into an
 anonymous mapping (``dtwz.store.copies``), checks its ID against its metadata and
@@ -23,65 +23,44 @@ snapshots until ``refresh``, ``latest=True`` or a write through this client,
 which drops the copies older than the version it committed.
 
 Names: wherever an object ID is taken, a name of the namespace (``/kvs/index``) is
-taken too. The node resolves it from its name cache, which the directories' homes
-keep honest by invalidating copies, so the client keeps no name cache of its own.
-Late-bound pointers (FOT name entries) in copies resolve so, at every dereference.
-``dtwz.connect()`` (``dtwz.node.launcher.connect``) finds a node by itself.
-
-Security: with an ``identity``, every request is signed (``dtwz.security.auth``) for the
-node's ID as audience (learnt once from ``/health``) and carries the
-capabilities added with ``add_capability``. A node that does not know the key
-answers ``UnknownKey``; the client then stores its key object and sends the
-request again, once. ``identity_from_env()`` loads ``$DTWZ_IDENTITY``.
+taken too (docs/NAMES.md). The node resolves it from its name cache, which the
+directories' homes keep honest by invalidating copies, so the client keeps no
+name cache of its own. Late-bound pointers (FOT name entries) in copies resolve
+so, at every dereference.
 """
 
 from __future__ import annotations
 
-import base64
-import dataclasses
-import http.client
 import json
 import os
 import threading
-import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import urlencode, urlsplit
 
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
-
-from dtwz import errors
 from dtwz.client import graph as remote
+from dtwz.client.auth import Channel, identity_from_env
+from dtwz.client.transactions import (
+    ObjectRef,
+    Op,
+    RemoteTransaction,
+    TransactResult,
+    as_object_id,
+)
+from dtwz.client.transport import DEFAULT_TIMEOUT, Transport
 from dtwz.errors import (
-    ClusterError,
     CorruptObject,
-    DtwzError,
     InvalidArgument,
     NamespaceError,
-    PeerUnavailable,
-    ProtocolError,
     TransactionConflict,
-    UnknownKey,
-    UnknownSession,
     UnresolvedName,
 )
 from dtwz.format.ids import ObjectId
-from dtwz.format.layout import DATA_START, HEADER_RECORD_SIZE, ObjectHeader
+from dtwz.format.layout import DATA_START, HEADER_RECORD_SIZE, ObjectFlags, ObjectHeader
+from dtwz.format.names import is_name, split_path
 from dtwz.format.views import Layout
-from dtwz.graph import stream
-from dtwz.resolver.names import is_name, split_path
-from dtwz.security.auth import (
-    CAPABILITY_HEADER,
-    SESSION_TTL,
-    body_sha256,
-    client_session_keys,
-    encode_capability_header,
-    link_query,
-    mac_request,
-    session_key,
-    sign_request,
-)
+from dtwz.graph.stream import StreamImage
+from dtwz.security.auth import encode_capability_header
 from dtwz.security.capabilities import Capability
 from dtwz.security.keys import Identity
 from dtwz.store.copies import CopyCache
@@ -91,92 +70,22 @@ from dtwz.store.transaction import DEFAULT_OBJECT_SIZE
 if TYPE_CHECKING:
     import networkx as nx
 
+# DEFAULT_TIMEOUT, ObjectRef, Op, RemoteTransaction, TransactResult and
+# identity_from_env live in the modules split out of this one; importable from
+# here as before
 __all__ = [
+    "DEFAULT_TIMEOUT",
     "Binding",
     "Client",
     "ObjectLocation",
+    "ObjectRef",
     "Op",
     "RemoteTransaction",
     "TransactResult",
+    "identity_from_env",
 ]
 
 L = TypeVar("L", bound=Layout)
-ObjectRef = ObjectId | str
-"""An object ID, its 32 hex digits, or a name of the namespace ("/kvs/index")."""
-
-DEFAULT_TIMEOUT = 10.0
-_POOL_SIZE = 8
-
-
-@dataclass(frozen=True, slots=True)
-class Op:
-    """One operation of a transaction; build it with the class methods."""
-
-    kind: str
-    object_id: ObjectRef  # an ID, or a name the client resolves when it sends the op
-    offset: int = 0
-    data: bytes = b""
-    target: ObjectRef | None = None
-    target_offset: int = 0
-    size: int = 0
-
-    @classmethod
-    def write(cls, oid: ObjectRef, offset: int, data: bytes) -> Op:
-        return cls("write", _ref(oid), offset, bytes(data))
-
-    @classmethod
-    def append(cls, oid: ObjectRef, data: bytes) -> Op:
-        return cls("append", _ref(oid), 0, bytes(data))
-
-    @classmethod
-    def pointer(
-        cls, src: ObjectRef, at: int, target: ObjectRef, target_offset: int = DATA_START
-    ) -> Op:
-        """A pointer bound now: a name ``target`` is resolved once, when the op is sent."""
-        return cls("pointer", _ref(src), at, b"", _ref(target), target_offset)
-
-    @classmethod
-    def name_pointer(
-        cls, src: ObjectRef, at: int, name: str, target_offset: int = DATA_START
-    ) -> Op:
-        """A late-bound pointer: ``name`` goes into an FOT name entry of ``src`` and is
-        resolved through the namespace each time the pointer is followed."""
-        split_path(name)
-        return cls("name_pointer", _ref(src), at, name.encode(), None, target_offset)
-
-    @classmethod
-    def alloc(cls, oid: ObjectRef, size: int) -> Op:
-        return cls("alloc", _ref(oid), size=size)
-
-    def resolved(self, resolve: Callable[[ObjectRef], ObjectId]) -> Op:
-        """This op with names replaced by the IDs they name now."""
-        target = None if self.target is None else resolve(self.target)
-        return dataclasses.replace(self, object_id=resolve(self.object_id), target=target)
-
-    def to_json(self) -> dict[str, Any]:
-        oid = _oid(self.object_id)  # names must have been resolved (``resolved``)
-        doc: dict[str, Any] = {"kind": self.kind, "object": oid.hex()}
-        if self.offset:
-            doc["offset"] = self.offset
-        if self.data:
-            doc["data"] = base64.b64encode(self.data).decode()
-        if self.target is not None:
-            doc["target"] = _oid(self.target).hex()
-            doc["target_offset"] = self.target_offset
-        elif self.kind == "name_pointer":
-            doc["target_offset"] = self.target_offset
-        if self.size:
-            doc["size"] = self.size
-        return doc
-
-
-@dataclass(frozen=True, slots=True)
-class TransactResult:
-    """One result per op (append: offset, pointer: the word, alloc: offset, write: 0)
-    and the version each touched object reached."""
-
-    results: list[int]
-    versions: dict[ObjectId, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,51 +117,6 @@ class Binding:
         return cls(str(doc.get("name", "")), str(doc["kind"]), target, str(doc.get("text", "")))
 
 
-@dataclass(slots=True)
-class _Response:
-    status: int
-    headers: Mapping[str, str]  # names in lower case
-    body: bytes
-
-    def json(self) -> Any:
-        try:
-            return json.loads(self.body)
-        except ValueError as exc:
-            raise ClusterError(f"node answered with a body that is not JSON: {exc}") from exc
-
-
-@dataclass
-class _Pool:
-    """Idle keep-alive connections to one node; one request per connection at a time."""
-
-    scheme: str
-    host: str
-    port: int
-    timeout: float
-    idle: list[http.client.HTTPConnection] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def take(self) -> tuple[http.client.HTTPConnection, bool]:
-        with self.lock:
-            if self.idle:
-                return self.idle.pop(), True
-        cls = http.client.HTTPSConnection if self.scheme == "https" else http.client.HTTPConnection
-        return cls(self.host, self.port, timeout=self.timeout), False
-
-    def give_back(self, conn: http.client.HTTPConnection) -> None:
-        with self.lock:
-            if len(self.idle) < _POOL_SIZE:
-                self.idle.append(conn)
-                return
-        conn.close()
-
-    def close(self) -> None:
-        with self.lock:
-            idle, self.idle = self.idle, []
-        for conn in idle:
-            conn.close()
-
-
 class Client:
     """A client of one node. Safe to share between threads."""
 
@@ -266,107 +130,35 @@ class Client:
         identity: Identity | None = None,
         audience: str | None = None,
     ) -> None:
-        parts = urlsplit(url if "://" in url else f"http://{url}")
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise InvalidArgument(f"node URL must look like http://host:port, got {url!r}")
-        if timeout <= 0:
-            raise InvalidArgument("timeout must be positive")
-        try:
-            port = parts.port or (443 if parts.scheme == "https" else 80)
-        except ValueError as exc:
-            raise InvalidArgument(f"bad port in node URL {url!r}") from exc
-        self.url = f"{parts.scheme}://{parts.netloc}"
+        transport = Transport(url, timeout=timeout)  # checks the URL and the timeout
+        self.url = transport.url
         self.timeout = timeout
+        # every request goes through the channel: signed as ``identity``, if any
+        self._channel = Channel(transport, identity, audience)
         # late-bound pointers in copies resolve through the node, at every dereference
         self.name_resolver: NameResolver | None = name_resolver or self._resolve_pointer_name
-        self._pool = _Pool(parts.scheme, parts.hostname, port, timeout)
         self._copies = CopyCache(self, cache_bytes)
         self._copies_lock = threading.RLock()
-        self.identity = identity
-        self._audience = audience  # the node's ID; asked of /health on first use
-        self._capabilities: dict[ObjectId, str] = {}  # target -> header value
-        self._key_stored = False
-        # (session ID, key, expiry): requests carry an HMAC instead of a signature
-        self._session: tuple[ObjectId, bytes, float] | None = None
-        self._sessions = True  # False once a node says it has none (security off)
-        self._session_lock = threading.RLock()
+
+    @property
+    def identity(self) -> Identity | None:
+        """Who this client's requests are signed as (None: not signed)."""
+        return self._channel.identity
 
     def add_capability(self, cap: Capability) -> None:
         """Send ``cap`` with every request from now on (one per target object)."""
-        self._capabilities[cap.target] = encode_capability_header(cap)
+        self._channel.capabilities[cap.target] = encode_capability_header(cap)
 
     def drop_capability(self, target: ObjectRef) -> None:
-        self._capabilities.pop(_oid(target), None)
+        self._channel.capabilities.pop(as_object_id(target), None)
 
     def register_key(self) -> bool:
         """Store this client's public key as its key object in the cluster (idempotent);
         True when it was created now."""
-        if self.identity is None:
-            raise InvalidArgument("this client has no identity")
-        # signed, not in a session: a session is opened by a key the cluster knows
-        response = self._call(
-            "POST",
-            "/keys",
-            None,
-            self.identity.record.encode(),
-            headers={"X-Dtwz-Txn": os.urandom(16).hex()},
-            session=False,
-        )
-        self._key_stored = True
-        return response.status == 201
-
-    def _auth_headers(
-        self, method: str, target: str, body: bytes | None, *, session: bool = True
-    ) -> dict[str, str]:
-        if self.identity is None:
-            return {}
-        if self._audience is None:
-            self._audience = str(self._call("GET", "/health", sign=False).json()["node_id"])
-        now = time.time()
-        digest = body_sha256(body or b"")
-        opened = self._open_session(now) if session else None
-        if opened is not None:
-            headers = mac_request(
-                opened[0], opened[1], method, target, digest, now, audience=self._audience
-            )
-        else:
-            headers = sign_request(
-                self.identity, method, target, digest, now, audience=self._audience
-            )
-        if self._capabilities:
-            headers[CAPABILITY_HEADER] = ",".join(self._capabilities.values())
-        return headers
-
-    def _open_session(self, now: float) -> tuple[ObjectId, bytes, float] | None:
-        """The session requests are made in: one Ed25519-signed handshake (an X25519
-        key agreement), then an HMAC per request (docs/SECURITY.md §5)."""
-        if not self._sessions or self.identity is None:
-            return None
-        with self._session_lock:
-            if self._session is not None and self._session[2] - now > 30:
-                return self._session
-            private, public = client_session_keys()
-            try:
-                doc = self._call("POST", "/session", None, public, session=False).json()
-            except InvalidArgument:  # the node has no sessions (security off): sign
-                self._sessions = False
-                return None
-            try:
-                session_id = ObjectId.parse(str(doc["session"]))
-                node_public = bytes.fromhex(str(doc["public"]))
-                shared = private.exchange(X25519PublicKey.from_public_bytes(node_public))
-                expires = now + min(float(doc["expires"]) - time.time(), SESSION_TTL)
-            except (KeyError, ValueError, DtwzError) as exc:
-                raise ProtocolError(f"{self.url} answered a session request badly: {exc}") from exc
-            assert self._audience is not None
-            key = session_key(
-                shared, session_id, self.identity.kuid, public, node_public, self._audience
-            )
-            self._session = (session_id, key, expires)
-            return self._session
+        return self._channel.register_key()
 
     def close(self) -> None:
-        self._pool.close()
+        self._channel.transport.close()
 
     def __enter__(self) -> Client:
         return self
@@ -386,20 +178,20 @@ class Client:
     # -- node and cluster --------------------------------------------------------
 
     def health(self) -> dict[str, Any]:
-        return dict(self._call("GET", "/health", sign=False).json())
+        return dict(self._channel.call("GET", "/health", sign=False).json())
 
     def ready(self) -> bool:
         """True when the node has joined the cluster (``/ready`` answers 200)."""
-        response = self._call("GET", "/ready", check=False, sign=False)
+        response = self._channel.call("GET", "/ready", check=False, sign=False)
         return response.status == 200
 
     def cluster_status(self) -> dict[str, Any]:
         """The node's view: members, directory, copies, cache and store counters."""
-        return dict(self._call("GET", "/cluster", sign=False).json())
+        return dict(self._channel.call("GET", "/cluster", sign=False).json())
 
     def locate(self, oid: ObjectRef, *, refresh: bool = False) -> ObjectLocation:
         oid = self.resolve(oid)
-        doc = self._call("GET", f"/locate/{oid.hex()}", {"refresh": _bit(refresh)}).json()
+        doc = self._channel.call("GET", f"/locate/{oid.hex()}", {"refresh": _bit(refresh)}).json()
         return ObjectLocation(
             oid,
             str(doc["home"]),
@@ -411,7 +203,8 @@ class Client:
     def info(self, oid: ObjectRef, *, latest: bool = False) -> dict[str, Any]:
         """Header fields, FOT entries and home of an object (the node's JSON)."""
         oid = self.resolve(oid)
-        return dict(self._call("GET", f"/objects/{oid.hex()}", {"latest": _bit(latest)}).json())
+        query = {"latest": _bit(latest)}
+        return dict(self._channel.call("GET", f"/objects/{oid.hex()}", query).json())
 
     # -- reading and writing -------------------------------------------------------
 
@@ -431,7 +224,7 @@ class Client:
         query: dict[str, Any] = {"size": size, "flags": flags, "prot": prot}
         if node is not None:
             query["node"] = node
-        doc = self._mutate("POST", "/objects", query, bytes(data)).json()
+        doc = self._channel.mutate("POST", "/objects", query, bytes(data)).json()
         return ObjectId.parse(str(doc["id"]))
 
     def read(
@@ -450,20 +243,20 @@ class Client:
         query: dict[str, Any] = {"offset": offset, "latest": _bit(latest)}
         if length is not None:
             query["length"] = length
-        return self._call("GET", f"/objects/{oid.hex()}/data", query).body
+        return self._channel.call("GET", f"/objects/{oid.hex()}/data", query).body
 
     def write(self, oid: ObjectRef, offset: int, data: bytes) -> int:
         """Write ``data`` at ``offset`` in one transaction; the object's new version."""
         oid = self.resolve(oid)
         path = f"/objects/{oid.hex()}/data"
-        doc = self._mutate("PUT", path, {"offset": offset}, bytes(data)).json()
+        doc = self._channel.mutate("PUT", path, {"offset": offset}, bytes(data)).json()
         self._saw_version(oid, int(doc["version"]))
         return int(doc["version"])
 
     def append(self, oid: ObjectRef, data: bytes) -> int:
         """Append ``data`` (8-byte aligned); the offset it landed at."""
         oid = self.resolve(oid)
-        doc = self._mutate("POST", f"/objects/{oid.hex()}/append", None, bytes(data)).json()
+        doc = self._channel.mutate("POST", f"/objects/{oid.hex()}/append", None, bytes(data)).json()
         self._saw_version(oid, int(doc["version"]))
         return int(doc["offset"])
 
@@ -474,7 +267,8 @@ class Client:
         the pointer word (an FOT entry is added to ``src`` when needed)."""
         src, target = self.resolve(src), self.resolve(target)
         body = {"at": at, "target": target.hex(), "target_offset": target_offset}
-        doc = self._mutate("POST", f"/objects/{src.hex()}/pointer", None, _json(body)).json()
+        path = f"/objects/{src.hex()}/pointer"
+        doc = self._channel.mutate("POST", path, None, _json(body)).json()
         for hexid, version in doc.get("versions", {}).items():
             self._saw_version(ObjectId.parse(hexid), int(version))
         return int(doc["pointer"])
@@ -495,11 +289,11 @@ class Client:
                 if ref not in names:
                     names[ref] = self.resolve(ref)
                 return names[ref]
-            return _oid(ref)
+            return as_object_id(ref)
 
         sent = [op.resolved(resolve) for op in ops]
         body = _json({"txn_id": txn.hex(), "ops": [op.to_json() for op in sent]})
-        doc = self._call("POST", "/transact", None, body).json()
+        doc = self._channel.call("POST", "/transact", None, body).json()
         versions = {ObjectId.parse(k): int(v) for k, v in doc.get("versions", {}).items()}
         for oid, version in versions.items():
             self._saw_version(oid, version)
@@ -528,21 +322,21 @@ class Client:
             oid = self.lookup(ref).object_id
             assert oid is not None  # symbolic links were followed
             return oid
-        return _oid(ref)
+        return as_object_id(ref)
 
     def lookup(self, path: str, *, nofollow: bool = False) -> Binding:
         """What ``path`` is bound to (with ``nofollow``, a final symbolic link itself)."""
         split_path(path)  # a malformed path is refused here, without a round trip
-        doc = self._call("GET", "/names/resolve", {"path": path, "nofollow": _bit(nofollow)})
-        return Binding.from_json(doc.json())
+        query = {"path": path, "nofollow": _bit(nofollow)}
+        return Binding.from_json(self._channel.call("GET", "/names/resolve", query).json())
 
     def root(self) -> ObjectId:
         """The root directory's ID (derived from the cluster's identity)."""
-        return ObjectId.parse(str(self._call("GET", "/names/root").json()["id"]))
+        return ObjectId.parse(str(self._channel.call("GET", "/names/root").json()["id"]))
 
     def listdir(self, path: str = "/") -> list[Binding]:
         """The bindings of a directory, in the order they were made."""
-        doc = self._call("GET", "/names/list", {"path": path}).json()
+        doc = self._channel.call("GET", "/names/list", {"path": path}).json()
         return [Binding.from_json(e) for e in doc["entries"]]
 
     def mkdir(self, path: str, *, parents: bool = False, home: str | None = None) -> ObjectId:
@@ -573,7 +367,7 @@ class Client:
         return Binding.from_json(self._name_change("unbind", {"path": path}))
 
     def _name_change(self, action: str, body: dict[str, Any]) -> dict[str, Any]:
-        return dict(self._mutate("POST", f"/names/{action}", None, _json(body)).json())
+        return dict(self._channel.mutate("POST", f"/names/{action}", None, _json(body)).json())
 
     def _resolve_pointer_name(self, name: str, source: ObjectId) -> ObjectId:
         try:
@@ -643,7 +437,7 @@ class Client:
         query: dict[str, Any] = {"latest": _bit(latest)}
         if via is not None:
             query["via"] = via.hex()
-        response = self._call("GET", f"/objects/{oid.hex()}/image", query)
+        response = self._channel.call("GET", f"/objects/{oid.hex()}/image", query)
         try:
             version = int(response.headers["x-dtwz-version"])
             data_len = int(response.headers["x-dtwz-data-len"])
@@ -680,12 +474,18 @@ class Client:
         with self._copies_lock:
             return self._copies.install(bytes(record), version, home, data, fot) is not None
 
+    def _install_streamed(self, image: StreamImage) -> bool:
+        """The install hook of ``prefetch``: one image of a prefetch stream."""
+        return self._install(
+            image.header, image.version, image.home, image.data, image.fot, image.object_id
+        )
+
     def _saw_version(self, oid: ObjectId, version: int) -> None:
         """This client committed ``version``: older copies must not be served again."""
         with self._copies_lock:
             self._copies.invalidate(oid, version)
 
-    # -- the object graph (dtwz.client.graph) -------------------------------------------
+    # -- the object graph (dtwz.client.graph, docs/GRAPH.md) --------------------------
 
     def walk(
         self,
@@ -695,9 +495,8 @@ class Client:
         budget: int | None = None,
         uses: bool = True,
     ) -> nx.DiGraph[str]:
-        """The graph reachable from ``root`` (docs/GRAPH.md), walked by the nodes that
-        hold it."""
-        return remote.walk(self, root, depth=depth, budget=budget, uses=uses)
+        """The graph reachable from ``root``, walked by the nodes that hold it."""
+        return remote.walk(self._channel, self.resolve(root), depth=depth, budget=budget, uses=uses)
 
     def graph_view(
         self,
@@ -708,7 +507,7 @@ class Client:
         budget: int | None = None,
     ) -> str:
         """The graph of ``root`` drawn by the node: html, svg, dot or json."""
-        return remote.view(self, root, fmt, depth=depth, budget=budget)
+        return remote.view(self._channel, self.resolve(root), fmt, depth=depth, budget=budget)
 
     def graph_link(
         self,
@@ -720,11 +519,7 @@ class Client:
     ) -> str:
         """A URL of the node's drawing of ``root`` that a browser can open: signed by
         this client's identity, good once, within the node's time window (60 s)."""
-        query: dict[str, Any] = {"root": self.resolve(root).hex(), "format": fmt}
-        query |= {k: v for k, v in (("depth", depth), ("budget", budget)) if v is not None}
-        target = f"/graph/view?{urlencode(query)}"
-        signature = link_query(self._auth_headers("GET", target, b"", session=False))
-        return f"{self.url}{target}&{signature}" if signature else f"{self.url}{target}"
+        return remote.link(self._channel, self.resolve(root), fmt, depth=depth, budget=budget)
 
     def prefetch(
         self,
@@ -735,17 +530,29 @@ class Client:
         to_client: bool = True,
         progress: remote.Progress | None = None,
     ) -> remote.PrefetchResult:
-        """Bring everything reachable from ``root`` to the node (and this client)."""
+        """Bring everything reachable from ``root`` to the node (and, with
+        ``to_client``, into this client's cache), in one streamed response."""
         return remote.prefetch(
-            self, root, depth=depth, budget=budget, to_client=to_client, progress=progress
+            self._channel,
+            self.resolve(root),
+            self._install_streamed,
+            depth=depth,
+            budget=budget,
+            to_client=to_client,
+            progress=progress,
         )
 
     def migrate(
         self, objects: Sequence[ObjectRef], to_node: str, *, reachable: bool = False
     ) -> dict[str, Any]:
-        """Move the objects' home to ``to_node`` (DESIGN.md §4 rules); with
-        ``reachable``, everything they reach too (a linked group)."""
-        return remote.migrate(self, objects, to_node, reachable=reachable)
+        """Move the objects' home to ``to_node`` (docs/GRAPH.md); with ``reachable``,
+        everything they reach too (a linked group)."""
+        ids = [self.resolve(o) for o in objects]
+        if reachable:
+            ids = remote.linked_group(self._channel, ids)
+        for oid in ids:
+            self.refresh(oid)  # its home changes: copies are fetched again from the new one
+        return remote.migrate(self._channel, ids, to_node)
 
     def colocate(
         self,
@@ -758,7 +565,12 @@ class Client:
     ) -> dict[str, Any]:
         """Re-home the objects reachable from ``root`` so that fewer pointers cross nodes."""
         return remote.colocate(
-            self, root, depth=depth, budget=budget, capacity=capacity, dry_run=dry_run
+            self._channel,
+            self.resolve(root),
+            depth=depth,
+            budget=budget,
+            capacity=capacity,
+            dry_run=dry_run,
         )
 
     def put_code(
@@ -768,8 +580,12 @@ class Client:
         *,
         node: str | None = None,
     ) -> ObjectId:
-        """Store a function as a code object (see ``run``)."""
-        return remote.put_code(self, function, entry, node=node)
+        """Store a function as an immutable code object (see ``run``); its ID.
+
+        ``function`` is a top-level function (its source is taken), or source text
+        with ``entry`` naming the function to call."""
+        size, data = remote.code_object(function, entry)
+        return self.create(size, data, node=node, flags=int(ObjectFlags.IMMUTABLE))
 
     def run(
         self,
@@ -781,224 +597,14 @@ class Client:
     ) -> dict[str, Any]:
         """Run a code object's function ``fn(api, root, *args)`` where fewer bytes move;
         the report holds ``result``, ``ran_at``, ``choice`` and the byte estimates."""
-        return remote.run(self, code, root, *args, where=where, timeout=timeout)
-
-    # -- transport ---------------------------------------------------------------------
-
-    def _mutate(
-        self, method: str, path: str, query: Mapping[str, Any] | None, body: bytes
-    ) -> _Response:
-        headers = {"X-Dtwz-Txn": os.urandom(16).hex()}
-        return self._call(method, path, query, body, headers=headers)
-
-    def _call(
-        self,
-        method: str,
-        path: str,
-        query: Mapping[str, Any] | None = None,
-        body: bytes | None = None,
-        *,
-        headers: Mapping[str, str] | None = None,
-        check: bool = True,
-        timeout: float | None = None,
-        sign: bool = True,
-        session: bool = True,
-    ) -> _Response:
-        target = f"{path}?{urlencode(query)}" if query else path
-        base_headers = {"Content-Type": "application/octet-stream", **(headers or {})}
-        mutation = method != "GET"
-        failures = 0
-        stale_allowed = True
-        key_retry = sign and self.identity is not None and not self._key_stored
-        session_retry = sign and session and self.identity is not None
-        while True:
-            # signed afresh for every attempt: a node refuses a nonce it has seen
-            all_headers = (
-                {**base_headers, **self._auth_headers(method, target, body, session=session)}
-                if sign
-                else base_headers
-            )
-            conn, reused = self._pool.take()
-            _set_timeout(conn, timeout or self.timeout)
-            try:
-                conn.request(method, target, body=body, headers=all_headers)
-                raw = conn.getresponse()
-                got = {k.lower(): v for k, v in raw.getheaders()}
-                response = _Response(raw.status, got, raw.read())
-            except (OSError, http.client.HTTPException) as exc:
-                conn.close()
-                if reused and stale_allowed and isinstance(exc, _STALE):
-                    # the node closed its end of a kept-alive connection (idle timer or a
-                    # restart): the other idle ones are stale too; this try does not count
-                    stale_allowed = False
-                    self._pool.close()
-                    continue
-                failures += 1
-                if failures > 1 or not _may_retry(exc, mutation):
-                    raise self._unavailable(method, path, exc) from exc
-                continue
-            if raw.will_close:
-                conn.close()
-            else:
-                self._pool.give_back(conn)
-            if session_retry and response.status == 401:
-                session_retry = False
-                if isinstance(_error_from(response, self.url), UnknownSession):
-                    self._session = None  # expired, or the node restarted: open another
-                    continue
-            if key_retry and response.status == 401 and path != "/keys":
-                key_retry = False
-                if isinstance(_error_from(response, self.url), UnknownKey):
-                    self.register_key()  # a key the cluster did not know: store it, once
-                    continue
-            break
-        if check and response.status >= 400:
-            raise _error_from(response, self.url)
-        return response
-
-    def _mutate_json(
-        self, method: str, path: str, doc: Any, *, timeout: float | None = None
-    ) -> Any:
-        headers = {"X-Dtwz-Txn": os.urandom(16).hex(), "Content-Type": "application/json"}
-        return self._call(method, path, None, _json(doc), headers=headers, timeout=timeout).json()
-
-    def _stream(
-        self, method: str, path: str, query: Mapping[str, Any]
-    ) -> Iterator[tuple[int, memoryview]]:
-        """The frames of a streamed answer (``dtwz.graph.stream``), read as they come."""
-        target = f"{path}?{urlencode(query)}"
-        if self.identity is not None and not self._key_stored:
-            self.register_key()  # a stream cannot be sent again on UnknownKey: store it first
-        headers = self._auth_headers(method, target, b"")
-        conn, _ = self._pool.take()
-        _set_timeout(conn, self.timeout)
-        try:
-            conn.request(method, target, body=b"", headers=headers)
-            raw = conn.getresponse()
-            if raw.status >= 400:
-                got = {k.lower(): v for k, v in raw.getheaders()}
-                raise _error_from(_Response(raw.status, got, raw.read()), self.url)
-            while True:
-                head = raw.read(stream.FRAME.size)
-                if not head:
-                    break
-                kind, length = stream.frame_head(head)
-                payload = raw.read(length)
-                if len(payload) != length:
-                    raise ProtocolError("the stream ended inside a frame")
-                yield kind, memoryview(payload)
-        except (OSError, http.client.HTTPException) as exc:
-            conn.close()
-            raise self._unavailable(method, path, exc) from exc
-        except BaseException:
-            conn.close()
-            raise
-        if raw.will_close:
-            conn.close()
-        else:
-            self._pool.give_back(conn)
-
-    def _unavailable(self, method: str, path: str, exc: BaseException) -> PeerUnavailable:
-        if isinstance(exc, TimeoutError):
-            why = f"no answer within {self.timeout:g}s"
-        else:
-            why = str(exc) or type(exc).__name__
-        return PeerUnavailable(f"node {self.url} did not answer {method} {path}: {why}")
-
-
-_STALE = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError)
-
-
-def identity_from_env() -> Identity | None:
-    """The identity in the file ``$DTWZ_IDENTITY`` names, if it is set."""
-    path = os.environ.get("DTWZ_IDENTITY")
-    return Identity.load(path) if path else None
-
-
-def _set_timeout(conn: http.client.HTTPConnection, timeout: float) -> None:
-    conn.timeout = timeout
-    if conn.sock is not None:
-        conn.sock.settimeout(timeout)
-
-
-def _may_retry(exc: BaseException, mutation: bool) -> bool:
-    """Whether a request that failed on a fresh connection may be sent once more:
-    mutations always (they carry transaction IDs), reads unless they timed out."""
-    return mutation or not isinstance(exc, TimeoutError)
-
-
-def _error_from(response: _Response, url: str) -> DtwzError:
-    """The node's error as the dtwz exception type it named."""
-    try:
-        doc = json.loads(response.body)
-        kind, message = str(doc["error"]), str(doc["message"])
-    except (ValueError, KeyError, TypeError):
-        text = response.body[:200].decode("utf-8", "replace").strip()
-        return ClusterError(f"node {url} answered HTTP {response.status}: {text}")
-    return errors.rebuild(
-        kind, message, doc, unknown=ClusterError if response.status >= 500 else DtwzError
-    )
-
-
-class RemoteTransaction:
-    """Ops gathered by a ``with client.transaction() as tx:`` block, run together (all
-    or nothing, at the home of the objects they change) when the block ends, unless
-    it raised. Each method returns its op's index: ``tx.result.results[i]`` is the
-    op's result (append and alloc: the offset; pointers: the word)."""
-
-    def __init__(self, client: Client) -> None:
-        self._client = client
-        self.ops: list[Op] = []
-        self.result: TransactResult | None = None
-
-    def __enter__(self) -> RemoteTransaction:
-        return self
-
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        if exc_type is None and self.ops:
-            self.result = self._client.transact(self.ops)
-
-    def _add(self, op: Op) -> int:
-        self.ops.append(op)
-        return len(self.ops) - 1
-
-    def write(self, oid: ObjectRef, offset: int, data: bytes) -> int:
-        return self._add(Op.write(oid, offset, data))
-
-    def append(self, oid: ObjectRef, data: bytes) -> int:
-        return self._add(Op.append(oid, data))
-
-    def alloc(self, oid: ObjectRef, size: int) -> int:
-        return self._add(Op.alloc(oid, size))
-
-    def write_pointer(
-        self, src: ObjectRef, at: int, target: ObjectRef, offset: int = DATA_START
-    ) -> int:
-        return self._add(Op.pointer(src, at, target, offset))
-
-    def write_name_pointer(
-        self, src: ObjectRef, at: int, name: str, offset: int = DATA_START
-    ) -> int:
-        return self._add(Op.name_pointer(src, at, name, offset))
-
-
-def _ref(value: ObjectRef) -> ObjectRef:
-    """An ID, or a name kept for the client to resolve (checked for syntax now)."""
-    if isinstance(value, str) and is_name(value):
-        split_path(value)
-        return value
-    return _oid(value)
-
-
-def _oid(value: ObjectRef) -> ObjectId:
-    if isinstance(value, ObjectId):
-        return value
-    if isinstance(value, str):
-        try:
-            return ObjectId.parse(value)
-        except DtwzError as exc:
-            raise InvalidArgument(f"{exc}, or a name such as /kvs/index") from exc
-    raise InvalidArgument(f"an object is an ObjectId, 32 hex digits or a name, got {value!r}")
+        return remote.run(
+            self._channel,
+            self.resolve(code),
+            self.resolve(root),
+            args,
+            where=where,
+            timeout=timeout,
+        )
 
 
 def _bit(flag: bool) -> int:

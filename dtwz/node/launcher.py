@@ -22,6 +22,10 @@ Invariants:
 Processes this process started are reaped through their ``Popen``; others (a
 cluster started by an earlier ``dtwz cluster up``) are checked by pid, which is
 trusted only while ``/proc`` shows a live ``dtwz`` process with that node ID.
+
+Clients find a node through the same folder: the folder's names, its reader and
+``connect`` live in ``dtwz.client.local`` (``connect`` and ``default_identity``
+stay importable from here as aliases).
 """
 
 from __future__ import annotations
@@ -40,17 +44,28 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dtwz.client.api import Client, identity_from_env
+from dtwz.client import Client, identity_from_env
+from dtwz.client.local import (
+    CLUSTER_FILE,
+    DEFAULT_DATA_DIR,
+    KEYS_DIR,
+    connect,
+    default_identity,
+    read_cluster_file,
+)
 from dtwz.errors import ClusterError, DtwzError, InvalidArgument
 from dtwz.security import keyfiles
 from dtwz.security.keys import Identity
 
 __all__ = [
+    "CLUSTER_FILE",
+    "DEFAULT_DATA_DIR",
+    "KEYS_DIR",
     "LocalCluster",
     "NodeSpec",
     "NodeStatus",
-    "connect",
-    "default_identity",
+    "connect",  # an alias: dtwz.client.local.connect
+    "default_identity",  # an alias: dtwz.client.local.default_identity
     "down",
     "free_ports",
     "status",
@@ -58,9 +73,6 @@ __all__ = [
     "up",
 ]
 
-CLUSTER_FILE = "cluster.json"
-KEYS_DIR = "keys"
-DEFAULT_DATA_DIR = "data/cluster"
 HOST = "127.0.0.1"
 PEER_PORT_OFFSET = 100  # base port P: HTTP on P + i, peer endpoint on P + 100 + i
 MAX_NODES = PEER_PORT_OFFSET
@@ -185,17 +197,14 @@ class LocalCluster:
     @classmethod
     def load(cls, data_dir: Path) -> LocalCluster:
         """The cluster described by ``data_dir/cluster.json`` (``ClusterError`` if none)."""
-        path = data_dir / CLUSTER_FILE
+        doc = read_cluster_file(data_dir)
         try:
-            doc = json.loads(path.read_text())
             nodes = [NodeSpec.from_json(d) for d in doc["nodes"]]
             node_args = [str(a) for a in doc.get("node_args", [])]
-        except FileNotFoundError as exc:
-            raise ClusterError(f"no local cluster in {data_dir} (no {CLUSTER_FILE})") from exc
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise ClusterError(f"{path} is not a cluster description: {exc}") from exc
-        if not nodes:
-            raise ClusterError(f"{path} lists no nodes")
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ClusterError(
+                f"{data_dir / CLUSTER_FILE} is not a cluster description: {exc}"
+            ) from exc
         return cls(data_dir.absolute(), nodes, node_args)
 
     def save(self) -> None:
@@ -486,49 +495,6 @@ def survey(urls: dict[str, str], *, timeout: float = 2.0) -> list[NodeStatus]:
 
     with ThreadPoolExecutor(min(16, len(urls))) as pool:
         return list(pool.map(lambda item: ask(*item), urls.items()))
-
-
-def connect(url: str | None = None, **options: Any) -> Client:
-    """A client of a node of a cluster: ``url``; else ``DTWZ_NODE``; else the first
-    node that answers of the local cluster in ``DTWZ_CLUSTER`` or ./data/cluster
-    (the folder of ``dtwz cluster up``). Options go to ``Client``."""
-    folder = Path(os.environ.get("DTWZ_CLUSTER", DEFAULT_DATA_DIR))
-    if url is None:
-        url = os.environ.get("DTWZ_NODE") or _answering_node(folder)
-    if "identity" not in options:
-        options["identity"] = default_identity(folder)
-    return Client(url, **options)
-
-
-def default_identity(folder: Path | None = None) -> Identity | None:
-    """Who a client signs as without being told: ``$DTWZ_IDENTITY``, else the admin of
-    the local cluster in ``folder`` (``$DTWZ_CLUSTER`` or ./data/cluster), else nobody."""
-    identity = identity_from_env()
-    if identity is not None:
-        return identity
-    folder = folder or Path(os.environ.get("DTWZ_CLUSTER", DEFAULT_DATA_DIR))
-    admin = keyfiles.admin_identity_file(folder / KEYS_DIR)
-    return Identity.load(admin) if admin.exists() else None
-
-
-def _answering_node(data_dir: Path) -> str:
-    if not (data_dir / CLUSTER_FILE).exists():
-        raise ClusterError(
-            "no node to connect to: pass a URL, set DTWZ_NODE or start a local cluster "
-            f"with `dtwz cluster up` (there is none in {data_dir})"
-        )
-    urls = LocalCluster.load(data_dir).urls
-    for url in urls.values():
-        with Client(url, timeout=1.0) as probe:
-            try:
-                probe.health()
-            except DtwzError:
-                continue
-        return url
-    raise ClusterError(
-        f"no node of the local cluster in {data_dir} answers ({', '.join(urls.values())}); "
-        "start it with `dtwz cluster up`"
-    )
 
 
 # -- helpers -----------------------------------------------------------------------------

@@ -1,24 +1,19 @@
 """``dtwz.client.api`` against real 3-node clusters on loopback: objects created on every
 node and read, written and followed through the others; copies invalidated by
-commits; errors raised as the node's types; a node killed with -9 and restarted."""
+commits; errors raised as the node's types; a forged image refused; a node killed
+with -9 and restarted. (Connections and retries: test_transport.py.)"""
 
 from __future__ import annotations
 
-import contextlib
 import http.server
 import itertools
-import json
 import os
 import re
-import socket
-import threading
-import time
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
-from dtwz.client.api import Client, Op
+from dtwz.client import Client, Op
 from dtwz.errors import (
     ClusterError,
     CorruptObject,
@@ -35,7 +30,8 @@ from dtwz.format.layout import DATA_START, HEADER_RECORD_SIZE, ObjectFlags, new_
 from dtwz.format.pointers import split_pointer
 from dtwz.format.views import U64, Layout, Pointer
 from dtwz.node.launcher import LocalCluster
-from tests.conftest import ClusterFactory
+from tests.client.conftest import FakeNode
+from tests.helpers import ClusterFactory, wait_until
 
 SMALL = 64 << 10
 
@@ -43,22 +39,6 @@ SMALL = 64 << 10
 class Cell(Layout):
     value = U64()
     next = Pointer("Cell")
-
-
-@pytest.fixture(scope="module")
-def clients(cluster3: LocalCluster) -> Iterator[dict[str, Client]]:
-    made = {node_id: cluster3.client(node_id) for node_id in cluster3.node_ids}
-    yield made
-    for client in made.values():
-        client.close()
-
-
-def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout}s: {what}")
-        time.sleep(0.05)
 
 
 # -- objects anywhere, through any node ----------------------------------------------
@@ -216,29 +196,6 @@ def test_node_errors_are_raised_as_the_same_types(clients: dict[str, Client]) ->
     assert client.read(a) == b"x"
 
 
-def test_an_unreachable_node_is_a_clear_error_with_its_url() -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    with (
-        Client(f"http://127.0.0.1:{port}", timeout=2.0) as client,
-        pytest.raises(PeerUnavailable, match=re.escape(f"127.0.0.1:{port}")),
-    ):
-        client.read(ObjectId(bytes(16)))
-
-
-@pytest.mark.timeout(30)
-def test_a_silent_node_times_out() -> None:
-    with socket.socket() as silent:  # accepts connections (backlog), never answers
-        silent.bind(("127.0.0.1", 0))
-        silent.listen(8)
-        with Client(f"http://127.0.0.1:{silent.getsockname()[1]}", timeout=0.5) as client:
-            with pytest.raises(PeerUnavailable, match=r"no answer within 0\.5s"):
-                client.cluster_status()
-            with pytest.raises(PeerUnavailable):  # a mutation is retried once, then fails
-                client.write(ObjectId(bytes(16)), DATA_START, b"x")
-
-
 class _ForgingNode(http.server.BaseHTTPRequestHandler):
     """Serves, for any ID asked, the image of a different (valid) object."""
 
@@ -261,87 +218,12 @@ class _ForgingNode(http.server.BaseHTTPRequestHandler):
         pass
 
 
-@contextlib.contextmanager
-def fake_node(handler: type[http.server.BaseHTTPRequestHandler]) -> Iterator[Client]:
-    """A client of an HTTP server that misbehaves in ways a real node cannot be made to."""
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        with Client(f"http://127.0.0.1:{server.server_address[1]}", timeout=5.0) as client:
-            yield client
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
-
-
-def test_a_forged_or_damaged_image_is_caught() -> None:
+def test_a_forged_or_damaged_image_is_caught(fake_node: FakeNode) -> None:
     asked = derive_object_id(b"\x02" * 16, bytes(16), 0, 3)
-    with fake_node(_ForgingNode) as client:
-        with pytest.raises(CorruptObject, match="when asked for"):
-            client.get(asked)
-        assert client.cached(asked) is None
-
-
-class _FlakyNode(http.server.BaseHTTPRequestHandler):
-    """Closes every connection after one answer (as if its keep-alive timer ran out)
-    and drops the first request of each transaction ID without answering."""
-
-    protocol_version = "HTTP/1.1"
-    seen: list[tuple[str, str]] = []  # (method and path, transaction ID)
-
-    def _answer(self, doc: dict[str, Any]) -> None:
-        body = json.dumps(doc).encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()  # no "Connection: close": the client believes it may reuse it
-        self.wfile.write(body)
-        self.close_connection = True
-
-    def do_GET(self) -> None:
-        self.seen.append((f"GET {self.path}", ""))
-        self._answer({"status": "ok", "node_id": "flaky"})
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        is_transact = self.path == "/transact"
-        txn = json.loads(body)["txn_id"] if is_transact else self.headers["X-Dtwz-Txn"]
-        request = (f"POST {self.path.split('?')[0]}", txn)
-        first = request not in self.seen
-        self.seen.append(request)
-        if first:
-            self.close_connection = True  # applied, say, but the answer is lost
-        elif is_transact:
-            self._answer({"results": [DATA_START], "versions": {}})
-        else:
-            self._answer({"id": "11" * 16})
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
-def test_retries_after_connection_errors_reuse_the_transaction_id() -> None:
-    _FlakyNode.seen = []
-    with fake_node(_FlakyNode) as client:
-        assert client.health()["node_id"] == "flaky"
-        assert client.health()["node_id"] == "flaky"  # the kept connection was closed
-        assert client.create(8192) == ObjectId(b"\x11" * 16)
-        oid = ObjectId(b"\x22" * 16)
-        assert client.transact([Op.append(oid, b"x")]).results == [DATA_START]
-    for what in ("POST /objects", "POST /transact"):
-        txns = [txn for request, txn in _FlakyNode.seen if request == what]
-        assert len(txns) == 2 and txns[0] == txns[1] and len(txns[0]) == 32, what
-
-
-def test_error_json_from_a_node_keeps_its_class() -> None:
-    from dtwz.client.api import _error_from, _Response
-
-    body = json.dumps({"error": "HomeUnreachable", "message": "n9 is down"}).encode()
-    error = _error_from(_Response(503, {}, body), "http://x")
-    assert type(error) is HomeUnreachable and str(error) == "n9 is down"
-    unknown = _error_from(_Response(500, {}, b"<html>oops</html>"), "http://x")
-    assert type(unknown) is ClusterError and "HTTP 500" in str(unknown)
+    client = fake_node(_ForgingNode)
+    with pytest.raises(CorruptObject, match="when asked for"):
+        client.get(asked)
+    assert client.cached(asked) is None
 
 
 # -- failure and restart ---------------------------------------------------------------

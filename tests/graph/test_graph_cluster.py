@@ -236,7 +236,7 @@ def test_the_web_view_and_the_cli_draw_the_graph(
     assert "<script" in page and ids[2].hex() in page
     svg = ElementTree.fromstring(clients["n3"].graph_view(ids[0], "svg"))
     assert svg.tag.endswith("svg")
-    assert "/graph/view" in clients["n1"]._call("GET", "/").body.decode()  # the web view
+    assert "/graph/view" in clients["n1"]._channel.call("GET", "/").body.decode()  # the web view
 
     # a browser cannot sign: it opens a signed link, once; the bare URL is refused
     link = clients["n2"].graph_link(ids[0])

@@ -29,14 +29,14 @@ def test_clients_work_in_sessions_and_reopen_a_lost_one(cluster1: LocalCluster) 
         assert after["sessions_opened"] - before["sessions_opened"] == 1
         assert after["session_requests"] - before["session_requests"] >= 20
         # a session the node does not have (expired, or the node restarted): reopened
-        client._session = (ObjectId(os.urandom(16)), os.urandom(32), time.time() + 300)
+        client._channel.session = (ObjectId(os.urandom(16)), os.urandom(32), time.time() + 300)
         assert client.read(oid, DATA_START, 12, latest=True) == b"in a session"
         assert client.cluster_status()["access"]["sessions_opened"] == after["sessions_opened"] + 1
     # someone else's session ID with a key of one's own gets nothing
     with Client(url, identity=Identity.generate("mallory"), audience="n1") as mallory:
-        assert client._session is not None
-        stolen_id = client._session[0]
-        mallory._session = (stolen_id, os.urandom(32), time.time() + 300)
-        mallory._sessions = True
+        assert client._channel.session is not None
+        stolen_id = client._channel.session[0]
+        mallory._channel.session = (stolen_id, os.urandom(32), time.time() + 300)
+        mallory._channel.sessions = True
         with pytest.raises(AccessDenied):
             mallory.read(oid, DATA_START, 12)
