@@ -1,4 +1,4 @@
-"""Object IDs: derivation exactly as DESIGN.md states it, text form, bad input."""
+"""Object IDs: derivation exactly as docs/FORMAT.md states it, text form, bad input."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ u16 = st.integers(0, 0xFFFF)
 
 
 def reference_id(nonce: bytes, kuid: bytes, flags: int, prot: int) -> bytes:
-    """DESIGN.md §1, written out independently of dtwz.format.ids."""
+    """docs/FORMAT.md, written out independently of dtwz.format.ids."""
     message = nonce + kuid + flags.to_bytes(2, "little") + prot.to_bytes(2, "little") + bytes(12)
     assert len(message) == 48
     digest = hashlib.sha256(message).digest()

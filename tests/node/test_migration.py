@@ -1,5 +1,6 @@
-"""Migration on real node processes (DESIGN.md §4): no write lost or applied twice,
-stale locations redirected, moves that cannot happen refused cleanly."""
+"""Migration on real node processes (docs/ARCHITECTURE.md, "A migration"): no
+write lost or applied twice, stale locations redirected, moves that cannot happen
+refused cleanly."""
 
 from __future__ import annotations
 
