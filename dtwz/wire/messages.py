@@ -462,7 +462,8 @@ class GraphExpand(Message):
     The receiver walks on from ``starts`` through every object it homes, to
     ``max_depth`` and about ``budget`` bytes, and hands back what it saw plus the
     frontier: targets homed elsewhere. ``walk_id`` lets it skip objects it already
-    expanded for the same walk.
+    expanded for the same walk. An object ``accessor`` may not read is answered as
+    hidden and not expanded.
     """
 
     OP = 60
@@ -471,6 +472,10 @@ class GraphExpand(Message):
     max_depth: U32
     budget: U64
     summary: bool = False  # answer with counts only (``counted``, ``counted_bytes``)
+    # who the walk is for, as the entry node authenticated them (docs/SECURITY.md §9):
+    # the receiver expands only objects this caller may read; zero is nobody
+    accessor: ObjectId = ZERO_ID
+    capabilities: list[bytes] = field(default_factory=list)  # encoded chains of the request
 
 
 @dataclass(frozen=True, slots=True)
@@ -483,6 +488,7 @@ class GraphPart(Message):
     more: list[WalkStart] = field(default_factory=list)  # homed here, not expanded yet
     counted: U32 = 0  # objects expanded
     counted_bytes: U64 = 0  # their image bytes
+    hidden: list[WalkStart] = field(default_factory=list)  # homed here, not readable by the caller
 
 
 @dataclass(frozen=True, slots=True)

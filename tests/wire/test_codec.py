@@ -238,11 +238,16 @@ TABLE: list[tuple[Message, int, bool, list[str]]] = [
         ],
     ),
     (
-        GraphExpand(b"\x01", [WalkStart(OID, 0)], 0xFFFFFFFF, 0),
+        GraphExpand(b"\x01", [WalkStart(OID, 0)], 0xFFFFFFFF, 0, False, OID, [b"\xca"]),
         16,
         False,
-        # walk_id, starts (object_id, depth), max_depth (none), budget (none), summary
-        [env(60, 16), f"01000000 01 01000000 {OID_HEX} 00000000 ffffffff 0000000000000000 00"],
+        # walk_id, starts (object_id, depth), max_depth (none), budget (none), summary,
+        # accessor, capabilities (one chain of one byte)
+        [
+            env(60, 16),
+            f"01000000 01 01000000 {OID_HEX} 00000000 ffffffff 0000000000000000 00"
+            f" {OID_HEX} 01000000 01000000 ca",
+        ],
     ),
     (
         GraphPart(
@@ -253,6 +258,7 @@ TABLE: list[tuple[Message, int, bool, list[str]]] = [
             [],
             1,
             156,
+            [WalkStart(OID, 2)],
         ),
         16,
         True,
@@ -264,8 +270,9 @@ TABLE: list[tuple[Message, int, bool, list[str]]] = [
             " 0200000000000000 0000 00000000 01000000 0200 6e32 00"
             # edges: source, target, fot_index, flags, name, error
             f" 01000000 {OID_HEX} {OID_HEX} 01000000 05 0000 0000"
-            # frontier, truncated, more, counted, counted_bytes
-            f" 01000000 {OID_HEX} 01000000 00 00000000 01000000 9c00000000000000",
+            # frontier, truncated, more, counted, counted_bytes, hidden
+            f" 01000000 {OID_HEX} 01000000 00 00000000 01000000 9c00000000000000"
+            f" 01000000 {OID_HEX} 02000000",
         ],
     ),
     (EdgeUses([OID]), 17, False, [env(62, 17), f"01000000 {OID_HEX}"]),
