@@ -19,6 +19,13 @@ Theory of operation
 - **Edge uses**: every node counts the pointer dereferences that had to fetch
   their target (``ObjectService.note_edge``); a walk with ``uses`` asks every
   member for the counts of the walked edges, one request each.
+- **Who asks** (docs/SECURITY.md §9): every walk is for a ``Caller``, the kuid and
+  capabilities of the request that asked, and travels with each ``GraphExpand``.
+  A holder checks read on each object it meets with the node's access rule (one
+  ``ReadCheck`` per request, decided from the header at hand); an object the
+  caller may not read is *hidden*: not expanded, not counted, its size, version,
+  copies, edges and names never leave the holder. A missing object looks the same
+  to such a caller, and takes the same path (see ``on_expand``).
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ import os
 import struct
 from collections import OrderedDict, defaultdict, deque
 from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import networkx as nx
@@ -37,6 +45,7 @@ import networkx as nx
 from dtwz.errors import (
     ClusterError,
     DtwzError,
+    InvalidCapability,
     NamespaceError,
     ObjectNotFound,
     PointerError,
@@ -48,6 +57,7 @@ from dtwz.graph import model
 from dtwz.graph.placement import Plan, group_moves, plan_colocation
 from dtwz.resolver.directory_objects import DIRECTORY_MAGIC
 from dtwz.resolver.namespace import Namespace
+from dtwz.security.capabilities import Capability
 from dtwz.service.objects import WHOLE_COPY_MAX, ObjectService
 from dtwz.store.objects import StoredObject
 from dtwz.wire.messages import (
@@ -89,8 +99,49 @@ _ID_ENTRY_MASK = ~int(FotFlags.READ | FotFlags.WRITE | FotFlags.EXEC) & 0xFFFFFF
 _ZERO12 = bytes(12)
 
 
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who a walk is for: the kuid the entry node authenticated and the capabilities
+    the request carried. Holders trust the coordinator's word for it: nodes are
+    admitted, and trusted (docs/SECURITY.md §9)."""
+
+    kuid: ObjectId
+    capabilities: tuple[Capability, ...] = ()
+
+    def encoded(self) -> list[bytes]:
+        return [c.encode() for c in self.capabilities]
+
+
+NOBODY = Caller(ZERO_ID)  # owns nothing: sees what default protections let all read
+
+
+class ReadCheck(Protocol):
+    """May the caller read an object whole, given its ID, owner (the header's kuid)
+    and default protections? (``dtwz.node.access.ReadRule``)"""
+
+    @property
+    def trusted(self) -> bool:
+        """The admin or a node: may read everything."""
+
+    def __call__(self, oid: ObjectId, owner: bytes, prot: int) -> bool: ...
+
+
+class ReadPolicy(Protocol):
+    """The node's access rule as walks use it (``dtwz.node.access.Access``)."""
+
+    def is_trusted(self, kuid: ObjectId) -> bool: ...
+
+    async def read_rule(
+        self, accessor: ObjectId, capabilities: Sequence[Capability] = ...
+    ) -> ReadCheck: ...
+
+
 class GraphCluster(Protocol):
     node_id: str
+
+    @property
+    def access(self) -> ReadPolicy | None:
+        """The access rule; None with security off (everything is readable)."""
 
     async def locate(self, oid: ObjectId, *, refresh: bool = False) -> HomeRecord: ...
 
@@ -122,14 +173,24 @@ class GraphAgent:
     # -- the holder's half -------------------------------------------------------------
 
     async def on_expand(self, m: GraphExpand) -> GraphPart:
+        """Walk on from ``m.starts`` through the objects homed here.
+
+        An object the caller may not read is answered in ``hidden`` only when the
+        coordinator asked about it (a start); met on the way, it goes back in the
+        frontier, as a target homed elsewhere or missing does. So a hidden object
+        and a missing ID take the same path, one step each, and a budget that ends
+        the walk drops both alike."""
         service = self.service
         seen = self._walk_state(m.walk_id)
+        readable = await self._read_check(m)  # None: the caller may read everything
+        asked = {s.object_id for s in m.starts} if readable is not None else set()
         budget = m.budget or None
         used = 0
         objects: list[GraphObject] = []
         edges: list[GraphEdge] = []
         frontier: list[WalkStart] = []
         more: list[WalkStart] = []  # homed here, left for the next request
+        hidden: list[WalkStart] = []  # asked about, homed here, not readable by the caller
         me = self.cluster.node_id
         truncated = False
         count = 0
@@ -142,12 +203,19 @@ class GraphAgent:
             if oid in seen:
                 continue
             if count >= EXPAND_MAX:  # bounded work per request: the rest next time
-                more.append(WalkStart(oid, depth))
+                (more if service.is_home(oid) else frontier).append(WalkStart(oid, depth))
                 continue
             try:
                 header, fot, head = store.metadata(oid, magic_len)
             except ObjectNotFound:
                 frontier.append(WalkStart(oid, depth))
+                continue
+            if readable is not None and not readable(oid, header.kuid, header.default_prot):
+                if oid in asked:
+                    seen.add(oid)
+                    hidden.append(WalkStart(oid, depth))
+                else:  # as if homed elsewhere: the coordinator sends it back as a start
+                    frontier.append(WalkStart(oid, depth))
                 continue
             size = image_bytes(header.data_len, header.fot_count)
             if budget is not None and used + size > budget and count:
@@ -190,7 +258,22 @@ class GraphAgent:
                 await asyncio.sleep(0)  # keep serving others during a long walk
         self.stats["expands_served"] += 1
         self.stats["objects_expanded"] += count
-        return GraphPart(objects, edges, frontier, truncated, more, count, used)
+        return GraphPart(objects, edges, frontier, truncated, more, count, used, hidden)
+
+    async def _read_check(self, m: GraphExpand) -> ReadCheck | None:
+        """What the walk's caller may read (None: everything), from the node's access
+        rule; the coordinator's word for who the caller is is trusted."""
+        access = self.cluster.access
+        if access is None:
+            return None
+        caps = []
+        for raw in m.capabilities:
+            try:
+                caps.append(Capability.decode(raw))
+            except InvalidCapability:
+                continue  # grants nothing
+        check = await access.read_rule(m.accessor, caps)
+        return None if check.trusted else check
 
     async def _edge(self, oid: ObjectId, index: int, raw: bytes) -> GraphEdge | None:
         head, flags, reserved = _FOT_ENTRY.unpack(raw)
@@ -245,63 +328,92 @@ class GraphAgent:
         depth: int | None = None,
         budget: int | None = None,
         uses: bool = True,
+        caller: Caller = NOBODY,
     ) -> nx.DiGraph[str]:
-        """The subgraph reachable from ``root`` (docs/GRAPH.md)."""
+        """The subgraph reachable from ``root`` that ``caller`` may see (docs/GRAPH.md):
+        objects it may not read, and IDs no node holds, are ``hidden`` nodes alike
+        (``missing`` ones only to a caller who may read everything)."""
         self.stats["walks"] += 1
         graph = model.empty_graph(root.hex(), depth, budget)
         order: list[str] = []  # objects in the order walked (about breadth-first)
         edges: list[GraphEdge] = []
+        hidden: dict[str, int] = {}  # added last, sorted: their place in the graph says nothing
         max_depth = NO_LIMIT if depth is None else depth
         truncated = False
+        sees_all = self._sees_all(caller)
+        capabilities = caller.encoded()
 
         def missing(oid: ObjectId, d: int, why: str) -> None:
-            graph.add_node(oid.hex(), kind="missing", error=why, depth=d)
+            if sees_all:
+                graph.add_node(oid.hex(), kind="missing", error=why, depth=d)
+            else:
+                hidden.setdefault(oid.hex(), d)
 
-        def expand(starts: list[WalkStart]) -> GraphExpand | None:
+        def spent() -> bool:
             nonlocal truncated
-            used = _total_bytes(graph)
-            if budget is not None and used >= budget:
+            if budget is not None and _total_bytes(graph) >= budget:
                 truncated = True  # the budget is spent and there is more to walk
-                return None
-            left = 0 if budget is None else max(1, budget - used)
-            return GraphExpand(walk_id, starts, max_depth, left)
+                return True
+            return False
+
+        def expand(starts: list[WalkStart]) -> GraphExpand:
+            left = 0 if budget is None else max(1, budget - _total_bytes(graph))
+            return GraphExpand(walk_id, starts, max_depth, left, False, caller.kuid, capabilities)
+
+        def done(oid: ObjectId) -> bool:
+            key = oid.hex()
+            return key in graph or key in hidden
 
         walk_id = os.urandom(8)
-        async for _, part in self._steps(root, expand, missing, lambda o: o.hex() in graph):
+        async for _, part in self._steps(root, expand, spent, missing, done):
             truncated |= part.truncated
             for o in part.objects:
                 key = o.object_id.hex()
                 if key not in graph:
                     graph.add_node(key, **_object_attrs(o))
                     order.append(key)
+            for h in part.hidden:
+                hidden.setdefault(h.object_id.hex(), h.depth)
             edges.extend(part.edges)
+        for key, d in sorted(hidden.items(), key=lambda kv: (kv[1], kv[0])):
+            if key not in graph:
+                graph.add_node(key, kind="hidden", depth=d)
         truncated |= _trim_to_budget(graph, order, budget)
         _add_edges(graph, edges)
+        _drop_unreached(graph)
         if uses:
             await self._annotate_uses(graph)
         _finish(graph, truncated=truncated)
         return graph
 
+    def _sees_all(self, caller: Caller) -> bool:
+        """Security is off, or ``caller`` is the admin or a node: nothing is hidden."""
+        access = self.cluster.access
+        return access is None or access.is_trusted(caller.kuid)
+
     async def summarize(
-        self, root: ObjectId, *, budget: int | None = None
+        self, root: ObjectId, *, budget: int | None = None, caller: Caller = NOBODY
     ) -> tuple[dict[str, int], int, bool]:
         """Bytes per home of what ``root`` reaches, the objects counted, and whether
         the budget cut it short: a walk whose holders send back counts, not objects
-        (what deciding where code runs needs)."""
+        (what deciding where code runs needs). Only what ``caller`` may read counts."""
         by_home: dict[str, int] = defaultdict(int)
         objects, truncated = 0, False
         walk_id = os.urandom(8)
+        capabilities = caller.encoded()
 
-        def expand(starts: list[WalkStart]) -> GraphExpand | None:
+        def spent() -> bool:
             nonlocal truncated
-            used = sum(by_home.values())
-            if budget is not None and used >= budget:
+            if budget is not None and sum(by_home.values()) >= budget:
                 truncated = True
-                return None
-            left = 0 if budget is None else max(1, budget - used)
-            return GraphExpand(walk_id, starts, NO_LIMIT, left, summary=True)
+                return True
+            return False
 
-        async for home, part in self._steps(root, expand, lambda *_: None, lambda _: False):
+        def expand(starts: list[WalkStart]) -> GraphExpand:
+            left = 0 if budget is None else max(1, budget - sum(by_home.values()))
+            return GraphExpand(walk_id, starts, NO_LIMIT, left, True, caller.kuid, capabilities)
+
+        async for home, part in self._steps(root, expand, spent, lambda *_: None, lambda _: False):
             truncated |= part.truncated
             by_home[home] += part.counted_bytes
             objects += part.counted
@@ -310,19 +422,23 @@ class GraphAgent:
     async def _steps(
         self,
         root: ObjectId,
-        expand: Callable[[list[WalkStart]], GraphExpand | None],
+        expand: Callable[[list[WalkStart]], GraphExpand],
+        spent: Callable[[], bool],
         missing: Callable[[ObjectId, int, str], None],
         done: Callable[[ObjectId], bool],
     ) -> AsyncIterator[tuple[str, GraphPart]]:
         """The parts of a walk from ``root`` and the holder of each, step by step:
         locate the frontier, send one ``expand(starts)`` to each holder at once, route
         what comes back (``more`` to the same holder, the frontier to wherever it
-        lives). ``expand`` returning
-        None ends the walk (a budget); ``done`` tells objects already walked."""
+        lives). ``spent()`` ends the walk before a step (a budget), before anything
+        of that step's frontier is located, so that objects found missing and objects
+        a holder hides are dropped alike; ``done`` tells objects already walked."""
         frontier: dict[ObjectId, int] = {root: 0}
         known: dict[ObjectId, str] = {}  # frontier objects whose home a holder told us
         stale: dict[ObjectId, int] = {}  # sent to a holder that did not home them
         while frontier:
+            if spent():
+                return
             starts: dict[str, list[WalkStart]] = defaultdict(list)
             unknown = [o for o in frontier if o not in known]
             located = dict(
@@ -339,10 +455,8 @@ class GraphAgent:
                 else:
                     missing(oid, d, str(where))
             messages = {home: expand(s) for home, s in starts.items()}
-            if any(m is None for m in messages.values()):
-                return
             homes = list(messages)
-            parts = await asyncio.gather(*(self._expand(h, m) for h, m in messages.items() if m))
+            parts = await asyncio.gather(*(self._expand(h, m) for h, m in messages.items()))
             frontier = {}
             for home, part in zip(homes, parts, strict=True):
                 yield home, part
@@ -392,7 +506,9 @@ class GraphAgent:
                 continue  # a member that does not answer has its counts left out
             for use in reply.counts:
                 s, t = use.source.hex(), use.target.hex()
-                if graph.has_edge(s, t):
+                # an edge into a hidden (or missing) object keeps 0: a count would tell
+                # that it exists and is used
+                if graph.has_edge(s, t) and graph.nodes[t]["kind"] == "object":
                     graph.edges[s, t]["uses"] += use.count
 
     # -- migrate and co-locate ------------------------------------------------------------
@@ -430,10 +546,12 @@ class GraphAgent:
         budget: int | None = None,
         capacity: int | None = None,
         dry_run: bool = False,
+        caller: Caller = NOBODY,
     ) -> tuple[Plan, list[Migrated]]:
-        """Place the objects reachable from ``root`` so that fewer pointers cross
-        nodes (``placement.plan_colocation``), and carry the plan out."""
-        graph = await self.walk(root, depth=depth, budget=budget, uses=True)
+        """Place the objects reachable from ``root`` that ``caller`` may see so that
+        fewer pointers cross nodes (``placement.plan_colocation``), and carry the plan
+        out."""
+        graph = await self.walk(root, depth=depth, budget=budget, uses=True, caller=caller)
         pinned = [n for n, a in graph.nodes(data=True) if a.get("directory")]
         plan = plan_colocation(graph, self.cluster.alive_ids(), capacity=capacity, pinned=pinned)
         done: list[Migrated] = []
@@ -451,9 +569,11 @@ class GraphAgent:
         depth: int | None = None,
         budget: int | None = None,
         progress: Progress | None = None,
+        caller: Caller = NOBODY,
     ) -> tuple[nx.DiGraph[str], dict[str, int]]:
-        """Bring the reachable set of ``root`` here as copies; the graph and counts."""
-        graph = await self.walk(root, depth=depth, budget=budget, uses=False)
+        """Bring the reachable set of ``root`` here as copies, only what ``caller``
+        may read (the walk hides the rest); the graph and counts."""
+        graph = await self.walk(root, depth=depth, budget=budget, uses=False, caller=caller)
         stats = await self.fetch_objects(
             _wanted(graph, self.cluster.node_id, self.service), progress
         )
@@ -588,6 +708,18 @@ def _object_attrs(o: GraphObject) -> dict[str, Any]:
         "directory": o.directory,
         "bytes": image_bytes(o.data_len, o.fot_count),
     }
+
+
+def _drop_unreached(graph: nx.DiGraph[str]) -> None:
+    """Hidden and missing nodes whose every way in was trimmed off by the budget."""
+    root = graph.graph["root"]
+    graph.remove_nodes_from(
+        [
+            key
+            for key, attrs in graph.nodes(data=True)
+            if attrs["kind"] in ("hidden", "missing") and key != root and not graph.in_degree(key)
+        ]
+    )
 
 
 def _trim_to_budget(graph: nx.DiGraph[str], order: list[str], budget: int | None) -> bool:

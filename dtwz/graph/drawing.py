@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import colorsys
 import hashlib
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Sequence
 from typing import Any
 
 import networkx as nx
 
 __all__ = [
+    "GREY",
+    "HIDDEN_NOTE",
     "INK",
     "MAX_DRAWN",
     "RED",
@@ -30,6 +32,7 @@ __all__ = [
     "home_colours",
     "homes_of",
     "human_size",
+    "is_absent",
     "is_unresolved",
     "references",
     "short_id",
@@ -50,7 +53,9 @@ _PALETTE = (
     "#9c755f",
     "#bab0ac",
 )
-RED = "#d62728"  # unresolved names
+RED = "#d62728"  # unresolved names, missing objects
+GREY = "#8c8c8c"  # hidden objects
+HIDDEN_NOTE = "not readable by the caller, or no such object"
 INK = "#222222"  # text on a home's colour
 _LAST = 1 << 62  # sorts edges without FOT indices after the others
 MAX_DRAWN = 2000  # SVG/HTML draw at most this many objects, the first by BFS
@@ -117,6 +122,11 @@ def is_unresolved(attrs: dict[str, Any]) -> bool:
     return attrs.get("kind") == "unresolved"
 
 
+def is_absent(attrs: dict[str, Any]) -> bool:
+    """A ``hidden`` or ``missing`` node: an ID with nothing known about it."""
+    return attrs.get("kind") in ("hidden", "missing")
+
+
 def references(G: nx.DiGraph[str], node: str) -> list[tuple[str, dict[str, Any]]]:
     """Out-edges in FOT order, so every drawing lists references the same way."""
     return sorted(
@@ -146,15 +156,17 @@ def bfs_order(G: nx.DiGraph[str]) -> list[tuple[str, int]]:
 
 
 def summary(G: nx.DiGraph[str]) -> str:
-    objects = sum(1 for _, a in G.nodes(data=True) if not is_unresolved(a))
+    kinds = Counter(str(a.get("kind", "object")) for _, a in G.nodes(data=True))
+    others = ("hidden", "missing", "unresolved")
+    objects = G.number_of_nodes() - sum(kinds[k] for k in others)
     total = G.graph.get("bytes")
     if not isinstance(total, int):
         total = sum(int(a.get("bytes", 0)) for _, a in G.nodes(data=True))
     text = f"object graph {short_id(str(G.graph.get('root', '?')))}: {objects:,} objects, "
     text += f"{G.number_of_edges():,} edges, {human_size(total)}"
-    unresolved = G.number_of_nodes() - objects
-    if unresolved:
-        text += f", {unresolved:,} unresolved"
+    for kind in others:
+        if kinds[kind]:
+            text += f", {kinds[kind]:,} {kind}"
     return text + (" (truncated by depth or budget)" if G.graph.get("truncated") else "")
 
 

@@ -25,6 +25,8 @@ from rich.tree import Tree
 
 from dtwz.errors import InvalidArgument
 from dtwz.graph.drawing import (
+    GREY,
+    HIDDEN_NOTE,
     MAX_DRAWN,
     RED,
     bfs_order,
@@ -33,6 +35,7 @@ from dtwz.graph.drawing import (
     crosses_nodes,
     home_colour,
     home_colours,
+    is_absent,
     is_unresolved,
     references,
     short_id,
@@ -74,6 +77,14 @@ def _line(
         if attrs.get("error"):
             line.append(f": {clean(attrs['error'])}", style="red")
         return line
+    if attrs.get("kind") == "hidden":
+        line.append(f"⊘ {short_id(node)}", style="bold bright_black")
+        line.append(f"  hidden ({HIDDEN_NOTE})", style="bright_black")
+        return _edge_note(line, edge)
+    if attrs.get("kind") == "missing":
+        line.append(f"✗ {short_id(node)}", style="bold red")
+        line.append(f"  missing: {clean(attrs.get('error', ''))}", style="red")
+        return _edge_note(line, edge)
     home = str(attrs.get("home", "?"))
     line.append(short_id(node), style="bold")
     line.append("  ")
@@ -214,6 +225,13 @@ def to_dot(G: nx.DiGraph[str]) -> str:
             text = _dot_string(f"✗ {attrs.get('name', short_id(node))}", attrs.get("error", ""))
             look = f'shape=octagon, style=filled, fillcolor="#ffffff", color="{RED}"'
             look += f', fontcolor="{RED}"'
+        elif is_absent(attrs):
+            hidden = attrs.get("kind") == "hidden"
+            note = "hidden" if hidden else f"missing: {attrs.get('error', '')}"
+            ink = GREY if hidden else RED
+            text = _dot_string(short_id(node), note)
+            look = f'style="rounded,dashed", color="{ink}", fontcolor="{ink}"'
+            look += f", tooltip={_dot_string(node)}"
         else:
             text = _dot_string(*_object_label(node, attrs))
             fill = colours.get(str(attrs.get("home")), "#ffffff")

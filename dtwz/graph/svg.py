@@ -16,6 +16,8 @@ from typing import Any
 import networkx as nx
 
 from dtwz.graph.drawing import (
+    GREY,
+    HIDDEN_NOTE,
     INK,
     MAX_DRAWN,
     RED,
@@ -24,6 +26,7 @@ from dtwz.graph.drawing import (
     clip,
     crosses_nodes,
     home_colours,
+    is_absent,
     is_unresolved,
     short_id,
     size_text,
@@ -181,6 +184,13 @@ def _svg_node(
         lines = [f"✗ {clip(name, 19)}", "unresolved"]
         tip = [name, f"unresolved: {attrs.get('error', '')}"]
         kind, fill, ink, look = "node unresolved", "#ffffff", RED, ' stroke-dasharray="4,3"'
+    elif is_absent(attrs):
+        what = str(attrs.get("kind"))
+        lines = [f"⊘ {short_id(node)}" if what == "hidden" else f"✗ {short_id(node)}", what]
+        why = HIDDEN_NOTE if what == "hidden" else str(attrs.get("error", ""))
+        tip = [node, f"{what}: {why}"]
+        ink = GREY if what == "hidden" else RED
+        kind, fill, look = f"node {what}", "#ffffff", ' stroke-dasharray="4,3"'
     else:
         home = str(attrs.get("home", "?"))
         copies = attrs.get("copies") or []
@@ -195,7 +205,7 @@ def _svg_node(
             f"depth {attrs.get('depth', '?')}",
         ]
         kind, fill, ink, look = "node", colours.get(home, "#ffffff"), INK, ""
-    stroke = RED if ink == RED else "#333333"
+    stroke = ink if ink in (RED, GREY) else "#333333"
     out = [
         f'<g class="{kind}" data-id="{escape(node)}">{_title(*tip)}<rect class="node-box" x="{x}" '
         f'y="{y}" width="{_BOX_W}" height="{_BOX_H}" rx="5" fill="{fill}" stroke="{stroke}"{look}/>'

@@ -29,11 +29,12 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dtwz.errors import (
     AccessDenied,
     CorruptObject,
+    DtwzError,
     FormatError,
     ObjectNotFound,
     UnknownKey,
 )
-from dtwz.format.ids import ObjectId
+from dtwz.format.ids import ZERO_ID, ObjectId
 from dtwz.format.layout import ObjectHeader
 from dtwz.security.auth import (
     SESSION_HEADER,
@@ -208,6 +209,49 @@ class Access:
     async def owner_of(self, oid: ObjectId) -> ObjectId:
         return (await self._protection(oid))[0]
 
+    async def sees(
+        self, accessor: ObjectId, oid: ObjectId, capabilities: Sequence[Capability] = ()
+    ) -> bool:
+        """Whether ``accessor`` may know that ``oid`` exists: the admin, a node, the
+        owner, everyone when the default protections grant READ, and whoever holds a
+        capability for it whose root its owner signed (expired, for other rights or
+        bytes, badly delegated or not). To anyone else the object answers as a
+        missing one does (docs/SECURITY.md §9). ``ObjectNotFound`` when there is no
+        such object."""
+        if self.is_trusted(accessor):
+            return True
+        owner, prot = await self._protection(oid)
+        if accessor == owner or default_allows(prot, Rights.READ):
+            return True
+        cap = next((c for c in capabilities if c.target == oid), None)
+        if cap is None:
+            return False
+        root = cap.chain[0]
+        if root.issuer != owner or not await self.keys.load(owner):
+            return False
+        if self.cache.hit(root.digest):
+            return True
+        return self.keys.lookup(owner).verify(root.signature, root.signed_message)
+
+    async def read_rule(
+        self, accessor: ObjectId, capabilities: Sequence[Capability] = ()
+    ) -> ReadRule:
+        """The rule a walk applies to each object it meets (docs/SECURITY.md §9): may
+        ``accessor`` read it whole? Decided from the header at hand, synchronously; the
+        keys the capabilities need are loaded here, once per walk step."""
+        trusted = self.is_trusted(accessor)
+        caps: dict[ObjectId, Capability] = {}
+        if not trusted:
+            for cap in capabilities:  # as ``check``: the first one naming an object
+                caps.setdefault(cap.target, cap)
+            for cap in caps.values():
+                for link in cap.chain:
+                    try:
+                        await self.keys.load(link.issuer)
+                    except DtwzError:  # unreachable key object: that chain will not verify
+                        continue
+        return ReadRule(accessor, trusted, caps, int(self._clock()), self.keys.lookup, self.cache)
+
     async def _protection(self, oid: ObjectId) -> tuple[ObjectId, int]:
         known = self._protections.get(oid)
         if known is not None:
@@ -220,6 +264,54 @@ class Access:
         while len(self._protections) > _CACHE:
             self._protections.popitem(last=False)
         return found
+
+
+class ReadRule:
+    """May one caller read an object whole, given its owner and default protections
+    (a header at hand)? What ``Access.check`` decides for READ without a byte range,
+    without awaiting: ``Access.read_rule`` makes one per walk step. Zero is nobody
+    (it owns nothing, not even unowned objects)."""
+
+    __slots__ = ("_cache", "_caps", "_lookup", "_now", "accessor", "trusted")
+
+    def __init__(
+        self,
+        accessor: ObjectId,
+        trusted: bool,
+        caps: Mapping[ObjectId, Capability],
+        now: int,
+        lookup: Callable[[ObjectId], PublicKey],
+        cache: VerifiedCache,
+    ) -> None:
+        self.accessor = accessor
+        self.trusted = trusted  # the admin or a node: may read everything
+        self._caps = caps
+        self._now = now
+        self._lookup = lookup
+        self._cache = cache
+
+    def __call__(self, oid: ObjectId, owner: bytes, prot: int) -> bool:
+        if self.trusted or default_allows(prot, Rights.READ):
+            return True
+        if owner == self.accessor and owner != ZERO_ID:
+            return True
+        cap = self._caps.get(oid)
+        if cap is None:
+            return False
+        try:
+            verify(
+                cap,
+                target=oid,
+                accessor_kuid=self.accessor,
+                rights_needed=Rights.READ,
+                now=self._now,
+                owner_kuid_of_target=ObjectId(owner),
+                key_lookup=self._lookup,
+                cache=self._cache,
+            )
+        except AccessDenied:
+            return False
+        return True
 
 
 def parse_capabilities(value: str | None) -> list[Capability]:

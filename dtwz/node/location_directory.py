@@ -210,7 +210,7 @@ class LocationDirectory:
             unreachable |= isinstance(reply, PeerUnavailable)
         if unreachable:
             raise HomeUnreachable(f"object {oid.hex()} not found; some nodes did not answer")
-        raise ObjectNotFound(f"no node of the cluster holds object {oid.hex()}")
+        raise nowhere(oid)
 
     # -- publishing ------------------------------------------------------------------
 
@@ -263,3 +263,9 @@ class LocationDirectory:
         self._stats["republishes"] += 1
         self._stats["republished"] += count
         return count
+
+
+def nowhere(oid: ObjectId) -> ObjectNotFound:
+    """What a node answers for an ID no member holds, and, word for word, to a
+    requester who may not read an object that exists (docs/SECURITY.md §9)."""
+    return ObjectNotFound(f"no node of the cluster holds object {oid.hex()}")

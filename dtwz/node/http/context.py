@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import web
 
-from dtwz.errors import DtwzError, InvalidArgument
+from dtwz.errors import AccessDenied, DtwzError, InvalidArgument, ObjectNotFound
 from dtwz.format.ids import ZERO_ID, ObjectId
+from dtwz.node.location_directory import nowhere
 from dtwz.security.capabilities import Rights
 
 if TYPE_CHECKING:
@@ -89,10 +90,39 @@ async def allow(
     offset: int | None = None,
     length: int | None = None,
 ) -> None:
-    """Raise ``AccessDenied`` unless the requester may use ``oid`` so (security on)."""
+    """Raise ``AccessDenied`` unless the requester may use ``oid`` so (security on).
+
+    A requester who may not know that ``oid`` exists (it may not read it and holds
+    no capability its owner signed for it, ``Access.sees``) is answered as if it did
+    not: the very ``ObjectNotFound`` a missing ID gets, so 403 and 404 tell it
+    nothing (docs/SECURITY.md §9). Others learn why they are refused."""
     access = node_of(request).access
-    if access is not None:
-        await access.check(request["accessor"], oid, rights, request["caps"], offset, length)
+    if access is None:
+        return
+    who, caps = request["accessor"], request["caps"]
+    try:
+        await access.check(who, oid, rights, caps, offset, length)
+    except ObjectNotFound:
+        raise nowhere(oid) from None  # one answer, whichever way it was found missing
+    except AccessDenied:
+        if not await access.sees(who, oid, caps):
+            raise nowhere(oid) from None
+        raise
+
+
+async def visible(request: web.Request, oid: ObjectId) -> None:
+    """Answer as for a missing ID (``ObjectNotFound``, word for word) unless the
+    requester may know that ``oid`` exists (``Access.sees``; security on); the admin
+    sees the truth."""
+    access = node_of(request).access
+    if access is None:
+        return
+    try:
+        if await access.sees(request["accessor"], oid, request["caps"]):
+            return
+    except ObjectNotFound:
+        pass
+    raise nowhere(oid)
 
 
 # -- parameters ----------------------------------------------------------------------

@@ -14,11 +14,14 @@ Routes::
 Prefetch answers with the frame stream of ``dtwz.graph.stream``: events (plan,
 progress, done, error) and, for a client, one image per object.
 
-Access (docs/SECURITY.md §9): a walk, a drawing or a prefetch needs READ on its
-root, and a prefetch to a client sends only images the requester may READ;
-migrating needs WRITE on every object moved; co-location moves objects the
-requester did not name, so it needs the admin (a dry run: READ on the root);
-running code needs EXEC on the code object and READ on the root.
+Access (docs/SECURITY.md §9): a walk, a drawing, a prefetch or a co-location
+plan is for its requester (``Caller``): every holder expands only what the
+requester may read, and shows anything else, the root included, as ``hidden``,
+exactly as it shows an ID no node holds; a prefetch brings only readable objects
+(and to a client sends only images the requester may READ); migrating needs
+WRITE on every object moved; co-location moves objects the requester did not
+name, so it needs the admin; running code needs EXEC on the code object and READ
+on the root.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from dtwz import errors
 from dtwz.errors import AccessDenied, DtwzError, InvalidArgument
 from dtwz.format.ids import ObjectId
 from dtwz.graph import model, render, stream
+from dtwz.graph.agent import Caller
 from dtwz.node.http.context import accessor, allow, flag_query, json_body, node_of
 from dtwz.security.capabilities import Rights
 
@@ -63,12 +67,22 @@ def _root(request: web.Request) -> ObjectId:
 
 def _walk_args(request: web.Request) -> dict[str, Any]:
     q = request.query
-    return {"depth": _limit(q.get("depth"), "depth"), "budget": _limit(q.get("budget"), "budget")}
+    return {
+        "depth": _limit(q.get("depth"), "depth"),
+        "budget": _limit(q.get("budget"), "budget"),
+        "caller": caller(request),
+    }
+
+
+def caller(request: web.Request) -> Caller:
+    """Who a walk is for: the requester and the capabilities its request carried."""
+    return Caller(accessor(request), tuple(request.get("caps", ())))
 
 
 async def walk(request: web.Request) -> web.Response:
+    # no check of the root here: the walk shows an unreadable root as hidden, as it
+    # shows a missing one (a 403 would tell that the ID exists)
     root = _root(request)
-    await allow(request, root, Rights.READ)
     uses = flag_query(request, "uses") or "uses" not in request.query
     graph = await node_of(request).graph.walk(root, uses=uses, **_walk_args(request))
     return web.json_response(model.to_json(graph))
@@ -80,7 +94,6 @@ async def view(request: web.Request) -> web.Response:
     if fmt not in render.FORMATS:
         raise InvalidArgument(f"format must be one of {', '.join(render.FORMATS)}")
     root = _root(request)
-    await allow(request, root, Rights.READ)
     graph: nx.DiGraph[str] = await node_of(request).graph.walk(root, **_walk_args(request))
     text = render.render(graph, fmt)
     types = {
@@ -99,8 +112,7 @@ async def prefetch(request: web.Request) -> web.StreamResponse:
     to = request.query.get("to", "node")
     if to not in ("node", "client"):
         raise InvalidArgument("to must be 'node' or 'client'")
-    await allow(request, root, Rights.READ)  # before the stream starts: a plain 403
-    args = _walk_args(request)
+    args = _walk_args(request)  # the walk hides what the requester may not read
     response = web.StreamResponse(headers={"Content-Type": "application/x-dtwz-stream"})
     await response.prepare(request)
     progress: list[tuple[int, int]] = []
@@ -170,7 +182,6 @@ async def migrate(request: web.Request) -> web.Response:
 async def colocate(request: web.Request) -> web.Response:
     body = await json_body(request)
     root = ObjectId.parse(str(body.get("root")))
-    await allow(request, root, Rights.READ)
     access = node_of(request).access
     if access is not None and not body.get("dry_run") and not access.is_trusted(accessor(request)):
         raise AccessDenied("co-location moves objects nobody named: only the admin may run it")
@@ -180,6 +191,7 @@ async def colocate(request: web.Request) -> web.Response:
         budget=_limit(body.get("budget"), "budget"),
         capacity=_limit(body.get("capacity"), "capacity"),
         dry_run=bool(body.get("dry_run")),
+        caller=caller(request),
     )
     return web.json_response(
         {

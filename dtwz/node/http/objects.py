@@ -41,6 +41,7 @@ from dtwz.node.http.context import (
     object_id,
     parse_txn_id,
     txn_id_header,
+    visible,
 )
 from dtwz.security.capabilities import Rights
 from dtwz.wire.kinds import TxOpKind
@@ -140,14 +141,16 @@ async def image(request: web.Request) -> web.Response:
     """Everything a client needs to build its own copy: header record, data, FOT."""
     node = node_of(request)
     oid = object_id(request)
+    via: ObjectId | None = None
     if "via" in request.query:  # a client followed a pointer to here (edge use counts)
         try:
             via = ObjectId.parse(request.query["via"])
         except DtwzError as exc:
             raise InvalidArgument(f"via: {exc}") from exc
-        node.service.note_edge(via, oid)
     obj, _, home = await node.service.open_whole(oid, latest=flag_query(request, "latest"))
     await allow(request, oid, Rights.READ)
+    if via is not None:  # counted only once the requester may read what it reached
+        node.service.note_edge(via, oid)
     for _ in range(100):  # the layout must come from the same commit as the bytes
         header = ObjectHeader.decode(obj.view[:HEADER_RECORD_SIZE], check_id=False)
         header_raw, data, fot = obj.snapshot(
@@ -270,6 +273,7 @@ def _tx_op(raw: Any) -> TxOp:
 
 async def locate(request: web.Request) -> web.Response:
     oid = object_id(request)
+    await visible(request, oid)  # to a requester who may not read it: as if missing
     where = await node_of(request).describe(oid, refresh=flag_query(request, "refresh"))
     record = where.record
     return web.json_response(
