@@ -187,6 +187,7 @@ def remote_reads(report: Report, root: Path, ops: int, repeat: int) -> None:
     owner = Identity.generate("bench reader")
     secure = local_cluster.up(2, root / "secure", timeout=60)
     try:
+        secure.enroll(owner)  # with the admin's consent (docs/SECURITY.md §10)
         open_ = local_cluster.up(2, root / "open", node_args=["--no-security"], timeout=60)
         try:
             readers = {

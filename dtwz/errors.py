@@ -37,6 +37,7 @@ so callers never have to know which library sat underneath::
     ├── GraphError                  the object-graph service could not do what was asked
     │   └── CodeError               a code object is malformed or its function failed
     │       └── CodeTimeout         the function ran past its time limit and was stopped
+    ├── QuotaExceeded               an identity's objects or bytes, or the keys enrolled, at a limit
     └── AccessDenied                a request lacks a valid capability or proof
         ├── InvalidCapability       malformed, forged or badly delegated capability
         ├── CapabilityExpired       a capability (or a link of its chain) is past its expiry
@@ -284,6 +285,14 @@ class CodeTimeout(CodeError):
     """A code object's function ran past its time limit and was stopped."""
 
     http_status = 504
+
+
+class QuotaExceeded(DtwzError):
+    """An identity would own more objects or bytes than its quota allows, or the
+    cluster holds as many enrolled keys as it may (docs/SECURITY.md §10). Nothing
+    of the refused request was done."""
+
+    http_status = 413
 
 
 def moved_to(exc: ObjectMoved) -> tuple[str, int] | None:

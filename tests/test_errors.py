@@ -21,6 +21,7 @@ from dtwz.errors import (
     ObjectMoved,
     ObjectNotFound,
     PointerOutOfBounds,
+    QuotaExceeded,
     UnknownSession,
 )
 from dtwz.wire.codec import error_reply, raise_error
@@ -46,6 +47,7 @@ ALL = [
         (CodeTimeout("x"), 504),
         (UnknownSession("x"), 401),
         (AccessDenied("x"), 403),
+        (QuotaExceeded("x"), 413),
         (DtwzError("x"), 500),
         (ValueError("a bug"), 500),
     ],

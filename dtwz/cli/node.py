@@ -47,6 +47,11 @@ _NODE_HELP = {
     "security": "Signed requests, access checks and CurveZMQ between nodes.",
     "keys_dir": "The cluster's keys folder, shared by its nodes; made on first start."
     "  [default: DATA_DIR/keys]",
+    "open_enrollment": "Let any key register itself, without the admin's consent (set it on "
+    "every node alike).",
+    "quota_objects": "Objects one identity may own across the cluster (0: no limit).",
+    "quota_bytes": "Allocated bytes one identity may own across the cluster (0: no limit).",
+    "max_keys": "Keys the cluster may enroll (0: no limit).",
 }
 
 

@@ -2,7 +2,10 @@
 (docs/SECURITY.md: identities §1, capabilities §2-4, a cluster's keys §8).
 
 ``keys init`` makes what is missing of a cluster's keys folder. ``identity
-new/show`` make and describe Ed25519 identity files (mode 0600). ``cap grant``
+new/show`` make and describe Ed25519 identity files (mode 0600). ``identity
+enroll KUID`` (run by the admin) prints an enrollment capability, the admin's
+consent that the key KUID may register; its holder presents it with ``identity
+register --enrollment CAP`` (docs/SECURITY.md §10). ``cap grant``
 signs a root capability with the target owner's identity, ``cap delegate`` a
 narrower one below a capability the signer holds; both print the capability as
 one line of unpadded base64url, the form ``X-Dtwz-Capability``, ``dtwz remote
@@ -25,6 +28,7 @@ from typing import Any, TypeVar
 import click
 
 from dtwz.cli.common import CliConfig, RemoteConfig, json_option, pass_config
+from dtwz.client.api import Client
 from dtwz.errors import DtwzError, InvalidArgument
 from dtwz.format.ids import ObjectId
 from dtwz.format.layout import DATA_START
@@ -183,6 +187,66 @@ def identity_show(cfg: CliConfig, path: Path | None, as_json: bool) -> None:
     cfg.emit(
         as_json, doc, f"kuid {doc['kuid']}\npublic key {doc['public_key']}\nlabel {who.label!r}"
     )
+
+
+@identity.command("enroll")
+@click.argument("kuid")
+@click.option(
+    "--expires",
+    type=click.IntRange(1),
+    default=600,
+    show_default=True,
+    help="Seconds from now within which the key must register.",
+)
+@_identity_option
+@json_option
+@pass_config
+def identity_enroll(
+    cfg: CliConfig, kuid: str, expires: int, identity_file: Path | None, as_json: bool
+) -> None:
+    """Consent, as the cluster's admin, that the key KUID may enroll: prints an
+    enrollment capability for its holder (`dtwz identity register --enrollment CAP`).
+    It enrolls that key only; nothing else is granted by it."""
+    from dtwz.security.keyfiles import enrollment_capability
+
+    admin = _identity(identity_file)
+    made = enrollment_capability(admin, _oid(kuid, "kuid"), int(time.time()) + expires)
+    text = encode_capability_header(made)
+    cfg.emit(as_json, {"capability": text, **_cap_doc(made, time.time())}, text)
+
+
+@identity.command("register")
+@click.argument("path", type=click.Path(dir_okay=False, path_type=Path), required=False)
+@click.option(
+    "--enrollment",
+    envvar="DTWZ_ENROLLMENT",
+    default=None,
+    help="The enrollment capability the admin gave (`dtwz identity enroll`).  "
+    "[default: $DTWZ_ENROLLMENT]",
+)
+@click.option(
+    "--node",
+    "url",
+    envvar="DTWZ_NODE",
+    default=None,
+    help="URL of any node.  [default: a node of the local cluster]",
+)
+@json_option
+@pass_config
+def identity_register(
+    cfg: CliConfig, path: Path | None, enrollment: str | None, url: str | None, as_json: bool
+) -> None:
+    """Enroll an identity (PATH, default the one clients use) in the cluster: store its
+    public key, with the admin's consent (--enrollment)."""
+    who = _identity(path)
+    rc = RemoteConfig(cfg, url, 10.0)
+    with rc.client() as found:  # which node: as every remote command finds it
+        node_url = found.url
+    with Client(node_url, timeout=10.0, identity=who, enrollment=enrollment) as client:
+        created = client.register_key()
+    doc = {"kuid": who.kuid.hex(), "created": created, "node": node_url}
+    state = "enrolled" if created else "enrolled already"
+    cfg.emit(as_json, doc, f"{who.kuid}  {state}")
 
 
 @click.group()

@@ -60,7 +60,7 @@ from dtwz.format.layout import DATA_START, HEADER_RECORD_SIZE, ObjectFlags, Obje
 from dtwz.format.names import is_name, split_path
 from dtwz.format.views import Layout
 from dtwz.graph.stream import StreamImage
-from dtwz.security.auth import encode_capability_header
+from dtwz.security.auth import decode_capability_header, encode_capability_header
 from dtwz.security.capabilities import Capability
 from dtwz.security.keys import Identity
 from dtwz.store.copies import CopyCache
@@ -117,6 +117,16 @@ class Binding:
         return cls(str(doc.get("name", "")), str(doc["kind"]), target, str(doc.get("text", "")))
 
 
+def _capability_text(cap: Capability | str | None) -> str | None:
+    """A capability in its header form (a text is checked to decode)."""
+    if cap is None:
+        return None
+    if isinstance(cap, Capability):
+        return encode_capability_header(cap)
+    decode_capability_header(cap.strip())  # InvalidCapability if it is not one
+    return cap.strip()
+
+
 class Client:
     """A client of one node. Safe to share between threads."""
 
@@ -129,12 +139,14 @@ class Client:
         name_resolver: NameResolver | None = None,
         identity: Identity | None = None,
         audience: str | None = None,
+        enrollment: Capability | str | None = None,
     ) -> None:
         transport = Transport(url, timeout=timeout)  # checks the URL and the timeout
         self.url = transport.url
         self.timeout = timeout
-        # every request goes through the channel: signed as ``identity``, if any
-        self._channel = Channel(transport, identity, audience)
+        # every request goes through the channel: signed as ``identity``, if any;
+        # ``enrollment``: the admin's consent to store its key (docs/SECURITY.md §10)
+        self._channel = Channel(transport, identity, audience, _capability_text(enrollment))
         # late-bound pointers in copies resolve through the node, at every dereference
         self.name_resolver: NameResolver | None = name_resolver or self._resolve_pointer_name
         self._copies = CopyCache(self, cache_bytes)
@@ -152,9 +164,15 @@ class Client:
     def drop_capability(self, target: ObjectRef) -> None:
         self._channel.capabilities.pop(as_object_id(target), None)
 
-    def register_key(self) -> bool:
-        """Store this client's public key as its key object in the cluster (idempotent);
-        True when it was created now."""
+    def register_key(self, enrollment: Capability | str | None = None) -> bool:
+        """Store this client's public key as its key object in the cluster, that is
+        enroll it (idempotent); True when it was created now. It needs the admin's
+        consent: ``enrollment`` (an enrollment capability, ``dtwz identity enroll``),
+        else the one this client was given, else ``$DTWZ_ENROLLMENT``; without one
+        the node refuses (``AccessDenied``, saying how to get enrolled) unless the
+        cluster has open enrollment or this client signs as the admin."""
+        if enrollment is not None:
+            self._channel.enrollment = _capability_text(enrollment)
         return self._channel.register_key()
 
     def close(self) -> None:

@@ -15,7 +15,10 @@ identity, built on the formats of ``dtwz.security.auth`` (docs/SECURITY.md):
 4. a node that no longer knows the session answers ``UnknownSession``: another
    is opened and the request sent again, once. A node that does not know the key
    answers ``UnknownKey``: the client stores its key object (``/keys``) and sends
-   the request again, once.
+   the request again, once. Storing a key is enrolling it, which needs the admin's
+   consent: the enrollment capability the client was given (``enrollment``, else
+   ``$DTWZ_ENROLLMENT``) goes with that request; without one, or with a refused
+   one, the node's ``AccessDenied`` says how to get enrolled (docs/SECURITY.md §10).
 
 Without an identity nothing is signed and the flow is a plain request.
 """
@@ -68,12 +71,19 @@ class Channel:
     share between threads."""
 
     def __init__(
-        self, transport: Transport, identity: Identity | None = None, audience: str | None = None
+        self,
+        transport: Transport,
+        identity: Identity | None = None,
+        audience: str | None = None,
+        enrollment: str | None = None,
     ) -> None:
         self.transport = transport
         self.identity = identity
         self.audience = audience  # the node's ID; asked of /health on first use
         self.capabilities: dict[ObjectId, str] = {}  # target -> header value
+        # the admin's consent to store the key (a capability, header form): sent with
+        # POST /keys only
+        self.enrollment = enrollment or os.environ.get("DTWZ_ENROLLMENT") or None
         self.key_stored = False
         # (session ID, key, expiry): requests carry an HMAC instead of a signature
         self.session: tuple[ObjectId, bytes, float] | None = None
@@ -176,7 +186,9 @@ class Channel:
             headers = sign_request(
                 self.identity, method, target, digest, now, audience=self.audience
             )
-        if self.capabilities:
+        if target == "/keys" and self.enrollment:
+            headers[CAPABILITY_HEADER] = self.enrollment
+        elif self.capabilities:
             headers[CAPABILITY_HEADER] = ",".join(self.capabilities.values())
         return headers
 

@@ -72,6 +72,10 @@ class KeyRing:
         self.add(record.public_key)
         return True
 
+    def knows(self, kuid: ObjectId) -> bool:
+        """Whether ``kuid``'s key is at hand (no lookup)."""
+        return kuid in self._trusted or kuid in self._found
+
     def trust(self, trusted: Mapping[ObjectId, PublicKey]) -> None:
         """Replace the admitted keys (admitted.json was reread)."""
         self._trusted = dict(trusted)
@@ -151,16 +155,19 @@ class Access:
             )
             return session.owner
         claimed = _claimed_kuid(headers)
+        lookup: Callable[[ObjectId], PublicKey] = self.keys.lookup
         if claimed is not None and new_key is not None and new_key.kuid == claimed:
-            self.keys.add(new_key)
+            # checked with the key it brings, which the ring learns only once the key is
+            # enrolled (``POST /keys``, docs/SECURITY.md §10)
+            lookup = _also(new_key, self.keys.lookup)
         elif claimed is not None and not await self.keys.load(claimed):
             raise UnknownKey(
-                f"key {claimed} is not known to the cluster: store its key object first"
-                " (POST /keys; dtwz.Client does it on its own)"
+                f"key {claimed} is not known to the cluster: it must be enrolled, with the "
+                "admin's consent (docs/SECURITY.md §10): the admin runs `dtwz identity "
+                f"enroll {claimed}` and the key's holder presents the capability it prints "
+                "(`dtwz identity register --enrollment CAP`, or Client(enrollment=CAP))"
             )
-        return self.verifier.verify(
-            headers, method, raw_path, body_digest, self._clock(), self.keys.lookup
-        )
+        return self.verifier.verify(headers, method, raw_path, body_digest, self._clock(), lookup)
 
     async def check(
         self,
@@ -322,6 +329,17 @@ def parse_capabilities(value: str | None) -> list[Capability]:
     if len(parts) > MAX_CAPABILITIES:
         raise AccessDenied(f"at most {MAX_CAPABILITIES} capabilities per request")
     return [decode_capability_header(p) for p in parts]
+
+
+def _also(
+    key: PublicKey, lookup: Callable[[ObjectId], PublicKey]
+) -> Callable[[ObjectId], PublicKey]:
+    """``lookup``, and ``key`` for its own kuid."""
+
+    def found(kuid: ObjectId) -> PublicKey:
+        return key if kuid == key.kuid else lookup(kuid)
+
+    return found
 
 
 def _claimed_kuid(headers: Mapping[str, str]) -> ObjectId | None:

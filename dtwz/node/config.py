@@ -48,6 +48,13 @@ class NodeConfig:
     # the cluster's keys folder, shared by its nodes (default: DATA_DIR/keys, which
     # suits a node on its own); whatever is missing is made on first start
     keys_dir: Path = Path("")
+    # enrollment and quotas (docs/SECURITY.md §10): whether any key may register
+    # itself (every node alike), and per identity across the cluster at most this
+    # many objects and allocated bytes, and at most this many enrolled keys (0: no limit)
+    open_enrollment: bool = False
+    quota_objects: int = 100_000
+    quota_bytes: int = 10 << 30
+    max_keys: int = 10_000
 
     @property
     def keys_folder(self) -> Path:
@@ -84,6 +91,8 @@ class NodeConfig:
             raise InvalidArgument("directory_copies >= 1 and request_timeout > 0")
         if self.prefetch_neighbours < 0:
             raise InvalidArgument("prefetch_neighbours is a number of bytes, 0 for off")
+        if min(self.quota_objects, self.quota_bytes, self.max_keys) < 0:
+            raise InvalidArgument("quota_objects, quota_bytes and max_keys are >= 0 (0: no limit)")
         if self.advertise_url and not self.advertise_url.startswith(("http://", "https://")):
             raise InvalidArgument(f"advertise_url must be http(s)://...: {self.advertise_url!r}")
         if not self.cluster_id or len(self.cluster_id) > 64:

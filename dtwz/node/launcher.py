@@ -251,6 +251,17 @@ class LocalCluster:
 
         keyfiles.ensure_keys(self.keys_dir, self.node_ids, curve_keypair, identity_from_env())
 
+    def enroll(self, identity: Identity, node_id: str | None = None, *, expires: int = 600) -> bool:
+        """Enroll ``identity`` as a newcomer is enrolled (docs/SECURITY.md §10): the
+        admin signs an enrollment capability for its kuid, and the identity presents
+        it with its key (``POST /keys`` to ``node_id``, default the first node). True
+        when its key object was made now."""
+        expiry = int(time.time()) + expires
+        cap = keyfiles.enrollment_capability(self.admin, identity.kuid, expiry)
+        at = node_id or self.nodes[0].node_id
+        with Client(self.node(at).url, identity=identity, audience=at, enrollment=cap) as client:
+            return client.register_key()
+
     def client(self, node_id: str, **kwargs: Any) -> Client:
         """A client of one node, signing as the admin unless ``identity=`` says otherwise."""
         kwargs.setdefault("audience", node_id)

@@ -388,6 +388,7 @@ class Migrations:
                     if service.is_home(header.object_id):
                         continue  # an earlier attempt restored it (then this node restarted)
                     tx.restore(header, image.data, image.fot)
+                service.home.commit(tx)  # the owners' quotas here (docs/SECURITY.md §10)
 
         await service.run_in_thread(restore)
         self.log.append([MoveRecord.arrived(i.object_id, m.epoch) for i in m.images])

@@ -56,6 +56,7 @@ from dtwz.node.http.app import start_http
 from dtwz.node.location_directory import LocationDirectory
 from dtwz.node.migration import Migrations
 from dtwz.node.peer import Curve, PeerEndpoint, curve_keypair
+from dtwz.node.quotas import Limits, Quotas
 from dtwz.resolver.directory_objects import DIRECTORY_MAGIC
 from dtwz.resolver.locations import DirectoryShard, LocationCache
 from dtwz.resolver.membership import Membership
@@ -92,6 +93,7 @@ class Node:
         self.started = time.time()
         self.stats: dict[str, int] = defaultdict(int)
         self.access: Access | None = None  # set at startup with security on
+        self.quotas: Quotas | None = None  # likewise: enrollment and quotas
         self.dispatcher = Dispatcher(self.stats)
         self.peer = PeerEndpoint(
             f"tcp://{config.bind_host}:{config.peer_port}",
@@ -217,9 +219,19 @@ class Node:
             obj, _, _ = await service.open_whole(kuid)
             return bytes(obj.read(DATA_START, obj.header().data_len))
 
-        self.access = Access(
+        access = self.access = Access(
             self.node_id, admitted, KeyRing(admitted.trusted, read_key), service.header_of
         )
+        c = self.config
+        self.quotas = Quotas(
+            self.node_id,
+            Limits(c.quota_objects, c.quota_bytes, c.max_keys),
+            open_enrollment=c.open_enrollment,
+            exempt=access.is_trusted,
+            members=lambda: max(len(access.admitted.curve_clients), len(self.alive_ids())),
+        )
+        self.quotas.scan(service.store)  # before anything is served
+        service.home.usage = self.quotas
         self.peer.curve = Curve(
             mine.curve_server[0], mine.curve_server[1], mine.curve[0], mine.curve[1], self._admits
         )
@@ -380,6 +392,7 @@ class Node:
             "peer": dict(self.peer.stats),
             "node": dict(self.stats),
             "access": dict(self.access.stats) if self.access is not None else {},
+            "quotas": self.quotas.stats() if self.quotas is not None else {},
             "names": p.names.status(),
             "graph": dict(p.graph.stats),
             "code": dict(p.code.stats),

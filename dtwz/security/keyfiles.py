@@ -11,6 +11,14 @@ compose volume), made on first start and never rewritten wholesale::
                           keys (admin and nodes), the curve server key and the
                           curve client key of every admitted node
 
+**Enrollment** (docs/SECURITY.md §10): a key other than the admin's and the nodes'
+is known to the cluster once its key object is stored (``POST /keys``), and that
+needs the admin's consent: an *enrollment capability*, an ordinary capability
+(§2) on the key's own object (whose ID is the kuid) for that kuid, with WRITE,
+signed by the admin itself (``enrollment_capability``; ``check_enrollment`` is
+the node's check). It names one key, so it enrolls that key and no other, and it
+expires like any capability.
+
 Invariants: secrets are written 0600, atomically, and never replaced; a node is
 admitted by adding its public keys to ``admitted.json`` under an exclusive
 ``flock``, so nodes of a compose cluster may add themselves concurrently. Curve
@@ -30,8 +38,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dtwz.errors import FormatError, InvalidArgument
+from dtwz.errors import AccessDenied, FormatError, InvalidArgument
 from dtwz.format.ids import ObjectId
+from dtwz.security.capabilities import Capability, Rights, grant, verify
 from dtwz.security.keys import Identity, PublicKey
 
 ADMITTED_FILE = "admitted.json"
@@ -95,6 +104,44 @@ class NodeKeys:
             _read_curve(folder / f"node-{node_id}.curve"),
             _read_curve(folder / CURVE_SERVER_FILE),
         )
+
+
+ENROLL_RIGHTS = Rights.WRITE  # an enrollment capability's rights: store the key object
+
+
+def enrollment_capability(admin: Identity, kuid: ObjectId, expiry: int) -> Capability:
+    """The admin's consent that the key ``kuid`` may register (store its key object)
+    until ``expiry`` (unix seconds): a capability on the object ``kuid`` for ``kuid``."""
+    return grant(admin, kuid, kuid, ENROLL_RIGHTS, expiry)
+
+
+def check_enrollment(cap: Capability, kuid: ObjectId, admin: PublicKey, now: int) -> None:
+    """Raise ``AccessDenied`` (``InvalidCapability``, ``CapabilityExpired``) unless
+    ``cap`` is the admin's consent that ``kuid`` registers: one link, signed by the
+    admin, on ``kuid`` for ``kuid`` with WRITE, not expired. No key is looked up but
+    the admin's."""
+    if cap.depth != 1 or cap.issuer != admin.kuid:
+        raise AccessDenied(
+            "an enrollment capability is signed by the cluster's admin itself "
+            f"(admin {admin.kuid}), not delegated"
+        )
+
+    def lookup(issuer: ObjectId) -> PublicKey:
+        if issuer != admin.kuid:
+            raise KeyError(issuer)
+        return admin
+
+    verify(
+        cap,
+        target=kuid,
+        accessor_kuid=kuid,
+        rights_needed=ENROLL_RIGHTS,
+        offset=None,
+        length=None,
+        now=now,
+        owner_kuid_of_target=admin.kuid,
+        key_lookup=lookup,
+    )
 
 
 def node_identity_file(folder: Path, node_id: str) -> Path:

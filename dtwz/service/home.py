@@ -10,6 +10,9 @@ and serves their bytes.
   never mixes two commits; immutable objects go straight from the mapping,
   zero-copy.
 - **Creation** publishes the new object's location before it answers.
+- **Usage**: every commit here goes through ``commit``, which first hands the
+  headers it changes to ``usage`` (the node's quotas, docs/SECURITY.md §10); a
+  ``QuotaExceeded`` from it aborts the transaction, so nothing of it happens.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from dtwz.errors import InvalidArgument, TransactionConflict
 from dtwz.format.ids import ZERO_ID, ObjectId
@@ -49,6 +52,32 @@ _T = TypeVar("_T")
 _M = TypeVar("_M", bound=Message)
 
 
+HeaderChange = tuple[ObjectHeader | None, ObjectHeader | None]  # (before, after); None: absent
+
+
+class Usage(Protocol):
+    """Who pays for what a commit here adds (``dtwz.node.quotas.Quotas``)."""
+
+    def charge(self, changes: Sequence[HeaderChange]) -> Callable[[], None]:
+        """Record the changes of one transaction, or raise (``QuotaExceeded``) to
+        refuse it; returns what undoes the record if the commit then fails."""
+        ...
+
+
+def header_changes(store: Store, tx: Transaction) -> list[HeaderChange]:
+    """Each object of ``tx`` as committed (None: not in the store yet) and as ``tx``
+    leaves it (None: deleted). ``tx`` holds their locks, so the store's are current."""
+    changes: list[HeaderChange] = []
+    for oid in list(tx.touched):
+        before = store.header(oid) if store.exists(oid) else None
+        try:
+            after: ObjectHeader | None = tx.header(oid)
+        except InvalidArgument:  # deleted in this transaction
+            after = None
+        changes.append((before, after))
+    return changes
+
+
 class ObjectHome:
     """Creation, transactions and fetches of the objects homed on this node."""
 
@@ -69,6 +98,24 @@ class ObjectHome:
         self._stats = stats  # the service's counters
         self._pool = ThreadPoolExecutor(8, thread_name_prefix="dtwz-commit")
         self.deletions = 0  # objects deleted here (moved away): code workers re-map
+        self.usage: Usage | None = None  # the node's quotas (security on)
+
+    def commit(self, tx: Transaction) -> None:
+        """Commit ``tx`` once ``usage`` accepts what it changes (else abort it and
+        raise): the one way transactions of this home end."""
+        if self.usage is None:
+            tx.commit()
+            return
+        try:
+            undo = self.usage.charge(header_changes(self.store, tx))
+        except BaseException:
+            tx.abort()
+            raise
+        try:
+            tx.commit()
+        except BaseException:
+            undo()
+            raise
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
@@ -99,6 +146,7 @@ class ObjectHome:
                     max_size, flags=flags, default_prot=default_prot, kuid=kuid, nonce=nonce
                 )
                 offset = tx.append(oid, data) if data else 0
+                self.commit(tx)
             return Created(oid, 1, offset)
 
         async def create_and_publish() -> Created:
@@ -118,6 +166,7 @@ class ObjectHome:
             with self.store.transaction() as tx:
                 for oid in oids:
                     tx.delete(oid)
+                self.commit(tx)
 
         await self.in_thread(delete)
         self.deletions += len(oids)
@@ -167,6 +216,7 @@ class ObjectHome:
                 with self.store.transaction() as tx:
                     result = body(tx)
                     touched = list(tx.touched)
+                    self.commit(tx)
                 break
             except TransactionConflict:
                 if attempt == CONFLICT_RETRIES - 1:

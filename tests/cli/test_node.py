@@ -16,6 +16,8 @@ from dtwz.cli import cli
 from dtwz.client.api import Client, identity_from_env
 from dtwz.errors import DtwzError
 from dtwz.node.launcher import free_ports
+from dtwz.node.peer import curve_keypair
+from dtwz.security.keyfiles import ensure_keys
 from tests.cli.helpers import error_line, run_script
 from tests.helpers import console_script, wait_until
 
@@ -39,10 +41,12 @@ def test_node_run_takes_file_env_and_flags_and_exits_cleanly_on_sigterm(tmp_path
         "--node-id",
         "solo",
     ]
+    ensure_keys(tmp_path / "node" / "keys", [], curve_keypair, identity_from_env())
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        # a node on its own makes its keys and admin; any identity may sign (its key
-        # object is stored on first use) and owns what it creates
+        # a node on its own makes what is missing of its keys; its admin here is the
+        # identity the test signs with (as `dtwz cluster up` does with $DTWZ_IDENTITY),
+        # made before the node starts: other keys would need enrolling
         identity = identity_from_env()
         with Client(f"http://127.0.0.1:{http_port}", timeout=1.0, identity=identity) as client:
 

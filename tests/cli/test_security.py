@@ -27,6 +27,14 @@ def ok(result: Result) -> str:
     return result.output.strip()
 
 
+def enroll(path: Path, url: str) -> None:
+    """Enroll the identity in ``path``: the admin (the session's, which administers
+    the test clusters) consents, the identity registers (docs/SECURITY.md §10)."""
+    kuid = json.loads(ok(run("identity", "show", str(path), "--json")))["kuid"]
+    cap = ok(run("identity", "enroll", kuid))
+    ok(run("identity", "register", str(path), "--enrollment", cap, "--node", url))
+
+
 def test_identities_grants_and_delegation_from_the_cli(
     cluster1: LocalCluster, tmp_path: Path
 ) -> None:
@@ -39,6 +47,7 @@ def test_identities_grants_and_delegation_from_the_cli(
         shown = json.loads(ok(run("identity", "show", str(path), "--json")))
         assert shown["kuid"] == made["kuid"] and shown["label"] == who
         kuids[who] = made["kuid"]
+        enroll(path, url)
 
     created = ok(
         run(
@@ -117,6 +126,8 @@ def test_revoking_is_letting_it_expire(cluster1: LocalCluster, tmp_path: Path) -
     alice, bob = tmp_path / "alice.id", tmp_path / "bob.id"
     ok(run("identity", "new", str(alice)))
     bob_kuid = json.loads(ok(run("identity", "new", str(bob), "--json")))["kuid"]
+    enroll(alice, url)
+    enroll(bob, url)
     created = run(
         "remote",
         "--node",

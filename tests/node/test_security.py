@@ -50,8 +50,11 @@ class People:
 
 
 @pytest.fixture(scope="module")
-def people() -> People:
-    return People(Identity.generate("alice"), Identity.generate("bob"), Identity.generate("carol"))
+def people(sec: LocalCluster) -> People:
+    made = People(Identity.generate("alice"), Identity.generate("bob"), Identity.generate("carol"))
+    for who in (made.alice, made.bob, made.carol):
+        sec.enroll(who)  # with the admin's consent (docs/SECURITY.md §10)
+    return made
 
 
 def client_as(

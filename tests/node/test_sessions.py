@@ -18,7 +18,9 @@ from dtwz.security.keys import Identity
 
 
 def test_clients_work_in_sessions_and_reopen_a_lost_one(cluster1: LocalCluster) -> None:
-    alice = Identity.generate("alice")
+    alice, thief = Identity.generate("alice"), Identity.generate("mallory")
+    for who in (alice, thief):
+        cluster1.enroll(who)  # with the admin's consent (docs/SECURITY.md §10)
     url = cluster1.node("n1").url
     with Client(url, identity=alice, audience="n1") as client:
         before = client.cluster_status()["access"]
@@ -33,7 +35,7 @@ def test_clients_work_in_sessions_and_reopen_a_lost_one(cluster1: LocalCluster) 
         assert client.read(oid, DATA_START, 12, latest=True) == b"in a session"
         assert client.cluster_status()["access"]["sessions_opened"] == after["sessions_opened"] + 1
     # someone else's session ID with a key of one's own gets nothing
-    with Client(url, identity=Identity.generate("mallory"), audience="n1") as mallory:
+    with Client(url, identity=thief, audience="n1") as mallory:
         assert client._channel.session is not None
         stolen_id = client._channel.session[0]
         mallory._channel.session = (stolen_id, os.urandom(32), time.time() + 300)

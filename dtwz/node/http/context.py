@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from dtwz.graph.agent import GraphAgent
     from dtwz.graph.execute import CodeExecutor
     from dtwz.node.access import Access
+    from dtwz.node.quotas import Quotas
     from dtwz.resolver.namespace import Namespace
     from dtwz.service.objects import ObjectService
     from dtwz.wire.messages import Location, Message
@@ -40,6 +41,10 @@ class NodeApi(Protocol):
     @property
     def access(self) -> Access | None:
         """The access policy; None with security off."""
+
+    @property
+    def quotas(self) -> Quotas | None:
+        """Enrollment and quotas (docs/SECURITY.md §10); None with security off."""
 
     @property
     def service(self) -> ObjectService: ...
