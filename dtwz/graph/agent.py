@@ -415,8 +415,9 @@ class GraphAgent:
 
         async for home, part in self._steps(root, expand, spent, lambda *_: None, lambda _: False):
             truncated |= part.truncated
-            by_home[home] += part.counted_bytes
-            objects += part.counted
+            if part.counted:  # a holder of only hidden objects is not named
+                by_home[home] += part.counted_bytes
+                objects += part.counted
         return dict(by_home), objects, truncated
 
     async def _steps(
