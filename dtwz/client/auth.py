@@ -161,8 +161,9 @@ class Channel:
     ) -> Iterator[tuple[int, memoryview]]:
         """The frames of a streamed answer (``dtwz.graph.stream``), read as they come."""
         target = f"{path}?{urlencode(query)}"
-        if self.identity is not None and not self.key_stored:
-            self.register_key()  # a stream cannot be sent again on UnknownKey: store it first
+        # a stream cannot be sent again on UnknownKey, but it is made in a session, and
+        # opening one (``call``) repairs UnknownKey first; without sessions there are no
+        # keys to know (security off)
         return self.transport.stream(method, target, self.headers(method, target, b""))
 
     # -- proofs --------------------------------------------------------------------------

@@ -226,3 +226,18 @@ def test_a_refused_key_is_not_learnt_by_the_node(two: LocalCluster) -> None:
         assert status == 403
     status, doc = raw(two, "n1", stranger, "GET", f"/objects/{ObjectId(os.urandom(16))}")
     assert (status, doc["error"]) == (401, "UnknownKey")
+
+
+def test_an_enrolled_key_needs_no_consent_again(two: LocalCluster) -> None:
+    """Once enrolled, a key works from a fresh client on any node: a prefetch stream
+    (which cannot be sent twice) and a registration without a capability included."""
+    who = Identity.generate("enrolled once")
+    two.enroll(who, "n1")
+    with Client(two.node("n1").url, identity=who, audience="n1") as client:
+        root = client.create(8192, b"root")
+    # n2 has never seen the key: it learns it from its key object
+    with Client(two.node("n2").url, identity=who, audience="n2") as client:
+        client.prefetch(root)
+        assert client.read(root, 4096, 4) == b"root"
+    status, doc = raw(two, "n2", who, "POST", "/keys", who.record.encode())
+    assert (status, doc["created"]) == (200, False)

@@ -11,9 +11,10 @@ without the node learning the key. Storing a key is *enrolling* it, and needs
 the admin's consent (docs/SECURITY.md §10): the request is the admin's or a
 node's, or it carries an enrollment capability for that key
 (``dtwz.security.keyfiles.check_enrollment``), or the cluster runs with
-``--open-enrollment``. Without it nothing is looked up or stored, and the key
-stays unknown. A new key object counts against the node's share of the enrolled
-keys (``Quotas.reserve_key``). Sessions are described in docs/SECURITY.md §5.
+``--open-enrollment``. Without it nothing is stored and the key stays unknown (a
+key enrolled before is found, as for any signed request, and answered as such).
+A new key object counts against the node's share of the enrolled keys
+(``Quotas.reserve_key``). Sessions are described in docs/SECURITY.md §5.
 """
 
 from __future__ import annotations
@@ -42,9 +43,10 @@ async def register_key(request: web.Request) -> web.Response:
     kuid = record.object_id
     access = node.access
     if access is not None and not _consented(request, node, access, kuid):
-        if not access.keys.knows(kuid):
+        # enrolled already (its key object found: header first, never a copy), or not
+        if not await access.keys.load(kuid):
             raise AccessDenied(_not_enrolled(kuid))
-        return web.json_response({"kuid": kuid.hex(), "created": False})  # enrolled already
+        return web.json_response({"kuid": kuid.hex(), "created": False})
     try:
         await service.header_of(kuid)
         created = False
