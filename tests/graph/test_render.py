@@ -140,7 +140,26 @@ def big(n: int = 3000) -> nx.DiGraph[str]:
     return finish(G)
 
 
-GRAPHS = {"chain": lambda: chain(40), "cycle": cycle, "diamond": diamond, "named": named}
+def veiled() -> nx.DiGraph[str]:
+    """What a walk shows a caller who may not read everything: a hidden object and a
+    missing one (the admin's view of an ID nobody holds) beside readable ones."""
+    G = new_graph()
+    root = add_object(G, 0, "n1")
+    link(G, root, add_object(G, 1, "n2", depth=1), 1)
+    G.add_node(oid(2), kind="hidden", depth=1)
+    G.add_node(oid(3), kind="missing", error="no node of the cluster holds it", depth=1)
+    link(G, root, oid(2), 2)
+    link(G, root, oid(3), 3)
+    return finish(G)
+
+
+GRAPHS = {
+    "chain": lambda: chain(40),
+    "cycle": cycle,
+    "diamond": diamond,
+    "named": named,
+    "veiled": veiled,
+}
 
 
 def require_tool(name: str) -> str:
@@ -236,6 +255,24 @@ def test_tree_marks_repeats_names_and_unresolved_names() -> None:
     assert "\x1b[1;31m✗ unresolved" in coloured  # bold red
     r, g, b = (int(render.home_colour(HOMES[2], HOMES)[i : i + 2], 16) for i in (1, 3, 5))
     assert f"38;2;{r};{g};{b}m{HOMES[2]}" in coloured
+
+
+def test_hidden_and_missing_objects_are_drawn_with_nothing_but_their_id() -> None:
+    G = veiled()
+    text = render.tree_text(G, width=160)
+    assert "2 objects, 3 edges" in text and "1 hidden, 1 missing" in text
+    hidden = next(line for line in text.splitlines() if oid(2)[:8] in line)
+    assert "hidden" in hidden and " v" not in hidden and " B" not in hidden
+    assert "missing: no node of the cluster holds it" in text
+    dot = render.to_dot(G)
+    assert '"' + oid(2)[:8] + "\\nhidden" + '"' in dot
+    svg = ET.fromstring(render.to_svg(G))
+    classes = {g.get("data-id"): g.get("class") for g in svg.iter(f"{SVG}g") if g.get("data-id")}
+    assert classes[oid(2)] == "node hidden" and classes[oid(3)] == "node missing"
+    drawn = render.to_svg(G)
+    box = drawn[drawn.index(f'data-id="{oid(2)}"') :]
+    box = box[: box.index("</g>")]
+    assert "version" not in box and "home" not in box and "copies" not in box
 
 
 def test_tree_keeps_deep_chains_on_screen() -> None:
