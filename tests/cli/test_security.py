@@ -67,7 +67,8 @@ def test_identities_grants_and_delegation_from_the_cli(
     )
     oid = json.loads(created)["object_id"]
     denied = run("remote", "--node", url, "get", oid, identity=files["bob"])
-    assert denied.exit_code != 0 and "may not READ" in denied.output
+    # unreadable looks missing (docs/SECURITY.md §9)
+    assert denied.exit_code != 0 and "no node of the cluster holds object" in denied.output
 
     cap = ok(
         run(
