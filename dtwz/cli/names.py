@@ -19,8 +19,9 @@ from typing import Any
 
 import click
 
-from dtwz.cli.common import REF, RemoteConfig, json_option, pass_remote
+from dtwz.cli.common import PROT, REF, RemoteConfig, json_option, pass_remote
 from dtwz.client.api import Binding, ObjectRef
+from dtwz.format.layout import Protection
 from dtwz.format.names import is_name
 
 
@@ -97,14 +98,27 @@ def remote_ls(rc: RemoteConfig, path: str, as_json: bool) -> None:
     help="Make missing parents too; an existing directory is not an error.",
 )
 @click.option("--home", metavar="NODE_ID", help="Node to home it.  [default: its parent's home]")
+@click.option(
+    "--prot",
+    type=PROT,
+    default="r",
+    show_default=True,
+    help="'r': anyone may look names up in it; '-': only its owner, the admin and "
+    "capabilities. Changing its names is always its owner's.",
+)
 @json_option
 @pass_remote
 def remote_mkdir(
-    rc: RemoteConfig, path: str, parents: bool, home: str | None, as_json: bool
+    rc: RemoteConfig,
+    path: str,
+    parents: bool,
+    home: str | None,
+    prot: Protection,
+    as_json: bool,
 ) -> None:
-    """Make a directory; print its ID."""
+    """Make a directory, owned by the identity the command signs as; print its ID."""
     with rc.client() as client:
-        oid = client.mkdir(path, parents=parents, home=home)
+        oid = client.mkdir(path, parents=parents, home=home, prot=prot)
     rc.emit(as_json, {"path": path, "object_id": str(oid)}, str(oid))
 
 

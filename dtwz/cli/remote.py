@@ -95,7 +95,14 @@ def remote(
 )
 @click.option("--immutable", is_flag=True, help="No writes after this creating transaction.")
 @click.option("--volatile", is_flag=True, help="Mark the object VOLATILE.")
-@click.option("--prot", type=PROT, default="rw", show_default=True, help="Default protections.")
+@click.option(
+    "--prot",
+    type=PROT,
+    default="-",
+    show_default=True,
+    help="Rights everyone has without a capability (letters from rwx; '-': none, the "
+    "object is its owner's alone).",
+)
 @click.option("--data", "text", metavar="TEXT", help="Initial data (UTF-8 text).")
 @click.option("--file", type=click.File("rb"), help="Initial data from a file ('-' for stdin).")
 @click.option("--home", metavar="NODE_ID", help="Node to home the object.  [default: --node]")

@@ -56,7 +56,13 @@ from dtwz.errors import (
     UnresolvedName,
 )
 from dtwz.format.ids import ObjectId
-from dtwz.format.layout import DATA_START, HEADER_RECORD_SIZE, ObjectFlags, ObjectHeader
+from dtwz.format.layout import (
+    DATA_START,
+    HEADER_RECORD_SIZE,
+    ObjectFlags,
+    ObjectHeader,
+    Protection,
+)
 from dtwz.format.names import is_name, split_path
 from dtwz.format.views import Layout
 from dtwz.graph.stream import StreamImage
@@ -233,13 +239,21 @@ class Client:
         *,
         node: str | None = None,
         flags: int = 0,
-        prot: int = 3,
+        prot: int | None = None,
+        default_prot: int | None = None,
     ) -> ObjectId:
-        """Create an object homed on ``node`` (a node ID; default: the node asked).
+        """Create an object homed on ``node`` (a node ID; default: the node asked),
+        owned by this client's identity.
 
         ``data`` is appended in the creating transaction, at ``DATA_START``.
+        ``prot`` (or its other name ``default_prot``): the rights everyone has
+        without a capability, ``Protection`` bits; by default none, so only the
+        owner (and the admin) may use the object until the owner grants more.
         """
-        query: dict[str, Any] = {"size": size, "flags": flags, "prot": prot}
+        if prot is not None and default_prot is not None and prot != default_prot:
+            raise InvalidArgument("give prot or default_prot, not two different values")
+        chosen = prot if prot is not None else default_prot
+        query: dict[str, Any] = {"size": size, "flags": flags, "prot": chosen or 0}
         if node is not None:
             query["node"] = node
         doc = self._channel.mutate("POST", "/objects", query, bytes(data)).json()
@@ -357,10 +371,19 @@ class Client:
         doc = self._channel.call("GET", "/names/list", {"path": path}).json()
         return [Binding.from_json(e) for e in doc["entries"]]
 
-    def mkdir(self, path: str, *, parents: bool = False, home: str | None = None) -> ObjectId:
-        """Make a directory (homed with its parent, or on ``home``); its ID. ``parents``:
-        as ``mkdir -p``."""
-        body = {"path": path, "parents": parents, "home": home}
+    def mkdir(
+        self,
+        path: str,
+        *,
+        parents: bool = False,
+        home: str | None = None,
+        prot: int = Protection.READ,
+    ) -> ObjectId:
+        """Make a directory (homed with its parent, or on ``home``), owned by this
+        client's identity; its ID. ``parents``: as ``mkdir -p``. ``prot``: READ
+        (anyone may look names up in it, the default) or NONE (only its owner, the
+        admin and capabilities); changing its names is always its owner's."""
+        body = {"path": path, "parents": parents, "home": home, "prot": int(prot)}
         return ObjectId.parse(str(self._name_change("mkdir", body)["id"]))
 
     def bind(self, path: str, target: ObjectRef, *, replace: bool = False) -> ObjectId | None:
@@ -597,13 +620,16 @@ class Client:
         entry: str | None = None,
         *,
         node: str | None = None,
+        prot: int | None = None,
     ) -> ObjectId:
         """Store a function as an immutable code object (see ``run``); its ID.
 
         ``function`` is a top-level function (its source is taken), or source text
-        with ``entry`` naming the function to call."""
+        with ``entry`` naming the function to call. ``prot``: as for ``create``
+        (by default none: others run it only with a capability for x)."""
         size, data = remote.code_object(function, entry)
-        return self.create(size, data, node=node, flags=int(ObjectFlags.IMMUTABLE))
+        flags = int(ObjectFlags.IMMUTABLE)
+        return self.create(size, data, node=node, flags=flags, prot=prot)
 
     def run(
         self,

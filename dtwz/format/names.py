@@ -7,17 +7,27 @@ module knows only the text: it lives at the bottom so that anything that takes
 client, the command line) can check one without the resolver (docs/NAMES.md §1).
 
 Limits (refused with ``InvalidName``): a name component is 1 to 255 bytes of
-UTF-8 without ``/`` or NUL and is not ``.`` or ``..``; a path is at most 4096
-bytes and 64 components.
+UTF-8 without ``/``, is not ``.`` or ``..``, and holds no control character
+(C0, DEL, C1: NUL, newline, escape...), no line or paragraph separator and no
+bidirectional formatting character (the embeddings, overrides and isolates
+U+202A-U+202E and U+2066-U+2069, and the marks U+200E, U+200F, U+061C), which
+would let a name print as another; a path is at most 4096 bytes and 64
+components.
+
+``DIRECTORY_MAGIC`` is here too, the first bytes of every directory object's
+data, so that layers below the resolver (the object service refusing raw writes
+into directories) can tell a directory without knowing its layout.
 """
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Sequence
 
 from dtwz.errors import InvalidName
 
 __all__ = [
+    "DIRECTORY_MAGIC",
     "MAX_DEPTH",
     "MAX_NAME_BYTES",
     "MAX_PATH_BYTES",
@@ -31,6 +41,12 @@ __all__ = [
 MAX_NAME_BYTES = 255
 MAX_PATH_BYTES = 4096
 MAX_DEPTH = 64
+DIRECTORY_MAGIC = b"DTWZDIR\x01"  # a directory object's data starts with it (docs/NAMES.md)
+
+# bidirectional formatting characters: marks, embeddings, overrides, isolates
+_BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+# control characters (Cc: C0, DEL, C1) and the line and paragraph separators
+_REFUSED_CATEGORIES = frozenset(("Cc", "Zl", "Zp"))
 
 
 def is_name(ref: str) -> bool:
@@ -52,9 +68,19 @@ def check_name(name: str) -> str:
         raise InvalidName(f"name {name[:40]!r}... is {len(raw)} bytes; at most {MAX_NAME_BYTES}")
     if "/" in name or "\0" in name:
         raise InvalidName(f"name {name!r} holds '/' or NUL")
+    for char in name:
+        if char in _BIDI or unicodedata.category(char) in _REFUSED_CATEGORIES:
+            raise InvalidName(
+                f"name {name!r} holds {_describe(char)}: names hold no control, line "
+                "separator or bidirectional formatting characters"
+            )
     if name in (".", ".."):
         raise InvalidName(f"{name!r} cannot be bound: it means a place on the path")
     return name
+
+
+def _describe(char: str) -> str:
+    return f"U+{ord(char):04X} ({unicodedata.name(char, 'a control character')})"
 
 
 def split_path(path: str, *, relative: bool = False) -> list[str]:

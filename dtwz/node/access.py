@@ -177,21 +177,29 @@ class Access:
         capabilities: Sequence[Capability] = (),
         offset: int | None = None,
         length: int | None = None,
+        *,
+        by_default: bool = True,
     ) -> None:
         """Raise ``AccessDenied`` (or a subclass) unless ``accessor`` may use ``oid``
-        with ``rights`` on ``[offset, offset + length)`` (None: the whole object)."""
+        with ``rights`` on ``[offset, offset + length)`` (None: the whole object).
+        ``by_default=False``: the default protections grant nothing (a change of a
+        directory's entries: its owner, the admin or a capability only)."""
         if self.is_trusted(accessor):
             return
         owner, prot = await self._protection(oid)
-        if accessor == owner or default_allows(prot, rights):
+        if accessor == owner or (by_default and default_allows(prot, rights)):
             return
         cap = next((c for c in capabilities if c.target == oid), None)
         if cap is None:
             self.stats["denied"] += 1
+            defaults = (
+                f"the default protections are {prot:#x}"
+                if by_default
+                else "default protections grant no one this"
+            )
             raise AccessDenied(
-                f"{accessor} may not {rights.names} object {oid}: it is not the owner, the "
-                f"default protections are {prot:#x} and no capability for it came with the "
-                "request"
+                f"{accessor} may not {rights.names} object {oid}: it is not the owner, "
+                f"{defaults} and no capability for it came with the request"
             )
         self.stats["capabilities"] += 1
         for link in cap.chain:  # the pure check looks keys up synchronously

@@ -23,6 +23,9 @@ Invariants:
   tombstones (their pointer words stay valid: the FOT is not touched).
 - Every edit runs inside one transaction at the directory's home, which is what
   orders concurrent binds of one name: the second finds the first and fails.
+- These edits are the only way a directory's bytes change: the object service
+  refuses every raw write, append and pointer into an object that starts with
+  ``DIRECTORY_MAGIC`` (``dtwz.service.home.run_op``).
 
 Reading works on anything with the ``StoredObject`` read interface (a local object,
 a node's copy, a client's copy); edits work on a ``Transaction``.
@@ -46,6 +49,7 @@ from dtwz.errors import (
 )
 from dtwz.format.ids import ObjectId
 from dtwz.format.layout import DATA_START, FOT_ENTRY_SIZE, FotEntry, FotFlags, fot_entry_offset
+from dtwz.format.names import DIRECTORY_MAGIC
 from dtwz.format.pointers import OFFSET_BITS
 from dtwz.format.views import U8, U16, U32, U64, Bytes, Layout, Pointer
 
@@ -70,7 +74,6 @@ __all__ = [
     "unbind",
 ]
 
-DIRECTORY_MAGIC = b"DTWZDIR\x01"
 DIRECTORY_FORMAT = 1
 DIRECTORY_SIZE = 1 << 20  # sparse: a directory costs the pages its entries use
 TARGET_FLAGS = FotFlags.READ | FotFlags.WRITE

@@ -21,7 +21,8 @@ pairs its walk read; a hit is valid only while every one of those directories is
 still at that version, which the caller checks against what it holds (a node: its
 local objects and its copies, which the homes invalidate on every commit). So a
 rebinding anywhere on a path is seen by the next lookup, with no timer and no
-extra round trip.
+extra round trip. The cache knows nothing of rights: whoever serves a hit checks
+that its caller may read each directory in ``deps`` (``Namespace.resolve``).
 
 Limits: a walk follows at most 32 symbolic links (``SymlinkLoop``); the limits of
 names and paths are those of ``dtwz.format.names`` (``InvalidName``).
@@ -55,10 +56,12 @@ if TYPE_CHECKING:
     from dtwz.store.objects import StoredObject
 
 __all__ = [
+    "DIRECTORY_PROT",
     "MAX_DEPTH",
     "MAX_NAME_BYTES",
     "MAX_PATH_BYTES",
     "MAX_SYMLINKS",
+    "ROOT_PROT",
     "NameCache",
     "Resolved",
     "Walk",
@@ -72,7 +75,13 @@ __all__ = [
 ]
 
 MAX_SYMLINKS = 32
+# The root's default protections, fixed in its ID. Its WRITE bit grants nothing: no
+# directory's default protections grant WRITE (docs/NAMES.md §8), so the root, which
+# no key owns, is changed by the admin alone.
 ROOT_PROT = Protection.READ | Protection.WRITE
+# A new directory's default protections unless its owner says otherwise: anyone may
+# look names up in it, only its owner (the admin, a capability) may change them.
+DIRECTORY_PROT = Protection.READ
 
 # -- the root ---------------------------------------------------------------------------
 

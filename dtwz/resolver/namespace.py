@@ -22,6 +22,17 @@ Theory of operation
   ``resolve_for_pointer``. Off the event loop it resolves fully (network included);
   on the loop it can only use what the node holds, and says so when that is not
   enough.
+- **Rights** (docs/NAMES.md §8): every operation takes the ``Caller`` it runs for
+  (``None``: the node itself, which may do anything). Resolving needs read on every
+  directory the walk reads, checked on every lookup, cached or not (a cached
+  resolution carries the directories it read); a change needs write on the
+  directories it changes, checked here, on the node the request entered, before
+  anything is done: the home of a directory trusts the admitted node that sends it
+  a ``DirOp``, as every home trusts its peers (docs/SECURITY.md §9). A directory
+  belongs to whoever made it (the kuid in its ID); the root and the directories
+  made by nodes are unowned, which makes them the admin's. Default protections
+  grant read at most: write on a directory is its owner's, the admin's, or a
+  capability's.
 
 New directories are homed with their parent unless a home is asked for, so a
 rename within a subtree is one atomic transaction. A rename between directories of
@@ -58,6 +69,7 @@ from dtwz.resolver import directory_objects as dirs
 from dtwz.resolver.directory_objects import DIRECTORY_MAGIC, DIRECTORY_SIZE, Entry, EntryKind
 from dtwz.resolver.membership import MemberState
 from dtwz.resolver.names import (
+    DIRECTORY_PROT,
     ROOT_PROT,
     NameCache,
     Resolved,
@@ -75,7 +87,7 @@ from dtwz.store.transaction import Transaction
 from dtwz.wire.kinds import DirAction
 from dtwz.wire.messages import Create, Created, DirOp, DirResult, HomeRecord, Message, ObjectVersion
 
-__all__ = ["Namespace", "NamespaceNode"]
+__all__ = ["Caller", "Namespace", "NamespaceNode"]
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +115,32 @@ class NamespaceNode(Protocol):
     def member_at(self, peer_addr: str) -> tuple[str, int] | None: ...
 
     def hint_location(self, oid: ObjectId, home: str) -> bool: ...
+
+
+class Caller(Protocol):
+    """Who a name operation runs for, and the checks of their rights: the node's
+    access policy bound to one request (``dtwz.node.http.names.RequestCaller``)."""
+
+    @property
+    def kuid(self) -> ObjectId:
+        """Who will own the directories the caller makes (zero: unowned, the admin's)."""
+
+    async def may_read(self, directory: ObjectId) -> None:
+        """``AccessDenied`` unless the caller may look names up in ``directory``."""
+
+    async def may_change(self, directory: ObjectId) -> None:
+        """``AccessDenied`` unless the caller may change ``directory``'s entries."""
+
+    async def may_name(self, target: ObjectId) -> None:
+        """``ObjectNotFound``, as for a missing ID, unless the caller may read some part
+        of ``target``: one binds a name only to what one can see (as Linux's
+        ``protected_hardlinks``), so a bind tells nothing of other objects."""
+
+
+async def _may_change(caller: Caller | None, *directories: ObjectId) -> None:
+    if caller is not None:
+        for directory in directories:
+            await caller.may_change(directory)
 
 
 class Namespace:
@@ -232,11 +270,21 @@ class Namespace:
 
     # -- resolution ----------------------------------------------------------------------
 
-    async def resolve(self, path: str, *, follow_last: bool = True) -> Resolved:
-        """What ``path`` names now (``NameNotFound``, ``NotADirectory``, ``SymlinkLoop``...)."""
+    async def resolve(
+        self, path: str, *, follow_last: bool = True, caller: Caller | None = None
+    ) -> Resolved:
+        """What ``path`` names now (``NameNotFound``, ``NotADirectory``, ``SymlinkLoop``...).
+
+        ``caller`` must be allowed to read every directory the walk reads, also when
+        the answer comes from the cache (``AccessDenied`` otherwise); a directory is
+        checked before the walk looks into it, so a refusal tells nothing of its
+        entries."""
         self.stats["resolutions"] += 1
         cached = self.cache.get(path, follow_last, self._version_of)
         if cached is not None:
+            if caller is not None:
+                for oid, _ in cached.deps:
+                    await caller.may_read(oid)
             return cached
         result: Resolved | None = None
         for attempt in range(WALK_ATTEMPTS):
@@ -245,6 +293,8 @@ class Namespace:
             try:
                 while (need := walk.needs) is not None:
                     obj, version = await self._open(need, walk.came_from)
+                    if caller is not None:  # after the fetch: its header is here now
+                        await caller.may_read(need)
                     walk.feed(obj, version)
             except CorruptObject:
                 # a directory homed here is read from its live mapping: a commit being
@@ -300,17 +350,22 @@ class Namespace:
             ) from exc
         return resolved.object_id
 
-    async def lookup_entry(self, path: str) -> Resolved:
+    async def lookup_entry(self, path: str, *, caller: Caller | None = None) -> Resolved:
         """The binding ``path`` names, symbolic links at the end not followed."""
-        return await self.resolve(path, follow_last=False)
+        return await self.resolve(path, follow_last=False, caller=caller)
 
-    async def listdir(self, path: str) -> tuple[Resolved, list[Entry]]:
-        where = await self._directory(path)
+    async def listdir(
+        self, path: str, *, caller: Caller | None = None
+    ) -> tuple[Resolved, list[Entry]]:
+        """The directory ``path`` names and its entries (read on it and on the way)."""
+        where = await self._directory(path, caller)
         obj, _ = await self._open(where.object_id)
+        if caller is not None:
+            await caller.may_read(where.object_id)
         return where, dirs.entries(obj)
 
-    async def _directory(self, path: str) -> Resolved:
-        where = await self.resolve(path)
+    async def _directory(self, path: str, caller: Caller | None = None) -> Resolved:
+        where = await self.resolve(path, caller=caller)
         if where.kind != EntryKind.DIRECTORY:
             raise NotADirectory(f"{path} is not a directory")
         return where
@@ -340,15 +395,28 @@ class Namespace:
         return reply
 
     async def mkdir(
-        self, path: str, *, parents: bool = False, home: str | None = None, txn_id: bytes = b""
+        self,
+        path: str,
+        *,
+        parents: bool = False,
+        home: str | None = None,
+        txn_id: bytes = b"",
+        caller: Caller | None = None,
+        prot: int = DIRECTORY_PROT,
     ) -> ObjectId:
-        """Make a directory; with ``parents``, also the missing ones above it, and an
-        existing directory is not an error."""
+        """Make a directory, owned by ``caller``, with default protections ``prot``
+        (read for all, or none); with ``parents``, also the missing ones above it (with
+        the default protections), and an existing directory is not an error."""
+        if prot & ~int(DIRECTORY_PROT):
+            raise InvalidArgument(
+                f"a directory's default protections grant read at most, not {prot:#x}: "
+                "write on a directory is its owner's (grant it to others with a capability)"
+            )
         txn_id = txn_id or os.urandom(16)
         parent_path, name = split_parent(path)
         if parents:
             try:
-                found = await self.resolve(path)
+                found = await self.resolve(path, caller=caller)
             except NameNotFound:
                 pass
             else:
@@ -357,48 +425,69 @@ class Namespace:
                 return found.object_id
             if split_path(parent_path):
                 await self.mkdir(
-                    parent_path, parents=True, home=home, txn_id=_derived(txn_id, parent_path)
+                    parent_path,
+                    parents=True,
+                    home=home,
+                    txn_id=_derived(txn_id, parent_path),
+                    caller=caller,
                 )
-        parent = await self._directory(parent_path)
-        parent_home = None if home is None else (await self.node.locate(parent.object_id)).home
+        parent = await self._directory(parent_path, caller)
+        await _may_change(caller, parent.object_id)
+        owner = ZERO_ID if caller is None else caller.kuid
+        with_parent = home is None or home == await self._home(parent.object_id)
         try:
-            if home is None or home == parent_home:
-                result = await self._change(DirOp(txn_id, ACT_MKDIR, parent.object_id, name))
-            else:
-                new = await self._create_directory_at(home, txn_id)
+            if with_parent and prot == DIRECTORY_PROT:
+                # made and bound in one transaction at the parent's home (MKDIR's target
+                # carries the owner, as Create's kuid does)
+                op = DirOp(txn_id, ACT_MKDIR, parent.object_id, name, target=owner)
+                result = await self._change(op)
+            else:  # made first, then bound: not atomic (docs/NAMES.md §4)
+                where = home or await self._home(parent.object_id)
+                new = await self._create_directory_at(where, txn_id, owner, prot)
                 op = DirOp(txn_id, ACT_BIND, parent.object_id, name, EntryKind.DIRECTORY, new)
                 await self._change(op)
                 return new
         except NameExists:
             if not parents:
                 raise
-            found = await self.resolve(path)  # a concurrent mkdir -p won: fine if a directory
+            # a concurrent mkdir -p won: fine if a directory
+            found = await self.resolve(path, caller=caller)
             if found.kind != EntryKind.DIRECTORY:
                 raise
             return found.object_id
         return result.target
 
-    async def _create_directory_at(self, home: str, txn_id: bytes) -> ObjectId:
+    async def _create_directory_at(
+        self, home: str, txn_id: bytes, owner: ObjectId, prot: int
+    ) -> ObjectId:
         created: Message
+        empty = dirs.empty_directory()
         if home == self.node.node_id:
             created = await self.service.create(
-                DIRECTORY_SIZE, 0, 3, dirs.empty_directory(), _derived(txn_id, "create")
+                DIRECTORY_SIZE, 0, prot, empty, _derived(txn_id, "create"), kuid=owner
             )
         else:
-            message = Create(
-                _derived(txn_id, "create"), DIRECTORY_SIZE, 0, 3, dirs.empty_directory()
-            )
+            message = Create(_derived(txn_id, "create"), DIRECTORY_SIZE, 0, prot, empty, owner)
             created = await self.node.request(home, message)
         assert isinstance(created, Created)
         return created.object_id
 
     async def bind(
-        self, path: str, target: ObjectId, *, replace: bool = False, txn_id: bytes = b""
+        self,
+        path: str,
+        target: ObjectId,
+        *,
+        replace: bool = False,
+        txn_id: bytes = b"",
+        caller: Caller | None = None,
     ) -> ObjectId | None:
         """Bind ``path`` to the object ``target`` (which must exist); the target it
         replaced, if ``replace`` allowed one. A directory is bound as a directory."""
         parent_path, name = split_parent(path)
-        parent = await self._directory(parent_path)
+        parent = await self._directory(parent_path, caller)
+        await _may_change(caller, parent.object_id)
+        if caller is not None:
+            await caller.may_name(target)
         # the target must exist; a directory is bound as one
         data = await self.service.peek(target, DATA_START, len(DIRECTORY_MAGIC))
         kind = EntryKind.DIRECTORY if data == DIRECTORY_MAGIC else EntryKind.OBJECT
@@ -414,19 +503,25 @@ class Namespace:
         result = await self._change(op)
         return None if result.target == ZERO_ID else result.target
 
-    async def symlink(self, path: str, text: str, *, txn_id: bytes = b"") -> None:
+    async def symlink(
+        self, path: str, text: str, *, txn_id: bytes = b"", caller: Caller | None = None
+    ) -> None:
         split_path(text, relative=True)  # InvalidName now rather than at every resolution
         parent_path, name = split_parent(path)
-        parent = await self._directory(parent_path)
+        parent = await self._directory(parent_path, caller)
+        await _may_change(caller, parent.object_id)
         await self._change(
             DirOp(txn_id or os.urandom(16), ACT_SYMLINK, parent.object_id, name, text=text)
         )
 
-    async def unbind(self, path: str, *, txn_id: bytes = b"") -> Entry:
+    async def unbind(
+        self, path: str, *, txn_id: bytes = b"", caller: Caller | None = None
+    ) -> Entry:
         """Remove the binding ``path`` (a directory only when empty); what it was."""
-        entry = await self.lookup_entry(path)
+        entry = await self.lookup_entry(path, caller=caller)
         if entry.parent is None:
             raise InvalidArgument("the root directory cannot be unbound")
+        await _may_change(caller, entry.parent)
         if entry.kind == EntryKind.DIRECTORY:
             obj, _ = await self._open(entry.object_id)
             if dirs.entries(obj):
@@ -444,16 +539,24 @@ class Namespace:
         return Entry(0, EntryKind(result.kind), entry.name, target, result.text)
 
     async def rename(
-        self, src: str, dst: str, *, replace: bool = False, txn_id: bytes = b""
+        self,
+        src: str,
+        dst: str,
+        *,
+        replace: bool = False,
+        txn_id: bytes = b"",
+        caller: Caller | None = None,
     ) -> Entry:
-        """Move the binding ``src`` to ``dst``; the entry moved."""
+        """Move the binding ``src`` to ``dst``; the entry moved. Needs write on both
+        directories, checked before either changes."""
         txn_id = txn_id or os.urandom(16)
         split_parent(src)
         dst_parent_path, dst_name = split_parent(dst)
-        entry = await self.lookup_entry(src)
+        entry = await self.lookup_entry(src, caller=caller)
         if entry.parent is None:
             raise InvalidArgument("the root directory cannot be renamed")
-        dst_parent = await self._directory(dst_parent_path)
+        dst_parent = await self._directory(dst_parent_path, caller)
+        await _may_change(caller, entry.parent, dst_parent.object_id)
         on_path = (*dst_parent.directories, dst_parent.object_id)
         if entry.kind == EntryKind.DIRECTORY and entry.object_id in on_path:
             raise NamespaceError(f"cannot move {src} into itself ({dst})")
@@ -564,7 +667,8 @@ class Namespace:
     def _mkdir_body(self, tx: Transaction, m: DirOp) -> tuple[ObjectId, int, str]:
         if dirs.tx_find(tx, m.directory, m.name) is not None:
             raise NameExists(f"{m.name!r} is bound already")
-        new = tx.create(DIRECTORY_SIZE)
+        # owned by the requester the entry node authenticated (``target``), read for all
+        new = tx.create(DIRECTORY_SIZE, default_prot=DIRECTORY_PROT, kuid=m.target)
         dirs.init_directory(tx, new)
         dirs.bind(tx, m.directory, m.name, new, EntryKind.DIRECTORY)
         return new, EntryKind.DIRECTORY, ""

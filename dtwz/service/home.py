@@ -22,10 +22,10 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol, TypeVar
 
-from dtwz.errors import InvalidArgument, TransactionConflict
+from dtwz.errors import AccessDenied, InvalidArgument, TransactionConflict
 from dtwz.format.ids import ZERO_ID, ObjectId
 from dtwz.format.layout import DATA_START, HEADER_RECORD_SIZE, ObjectHeader
-from dtwz.format.names import split_path
+from dtwz.format.names import DIRECTORY_MAGIC, split_path
 from dtwz.service.applied import AppliedTransactions
 from dtwz.service.cluster import Cluster
 from dtwz.service.writes import CopyHolders, WriteAdmission
@@ -295,7 +295,12 @@ def image_of(obj: StoredObject, oid: ObjectId) -> ObjectImage:
 
 
 def run_op(tx: Transaction, op: TxOp) -> int:
-    """Apply one ``TxOp`` in ``tx``; its result (an offset, a pointer word or 0)."""
+    """Apply one ``TxOp`` in ``tx``; its result (an offset, a pointer word or 0).
+
+    A directory of the namespace takes no ``TxOp``: its bytes change only through
+    name operations (``DirOp``, docs/NAMES.md), whoever asks, so that no raw write
+    can break the namespace (``AccessDenied``)."""
+    _refuse_directory(tx, op.object_id)
     if op.kind == TxOpKind.WRITE:
         tx.write(op.object_id, op.offset, op.data)
         return 0
@@ -314,6 +319,19 @@ def run_op(tx: Transaction, op: TxOp) -> int:
         tx.write_u64(op.object_id, op.offset, word)
         return word
     raise InvalidArgument(f"unknown transaction op kind {op.kind}")
+
+
+def _refuse_directory(tx: Transaction, oid: ObjectId) -> None:
+    magic = len(DIRECTORY_MAGIC)
+    if (
+        tx.header(oid).data_end >= DATA_START + magic
+        and tx.read(oid, DATA_START, magic) == DIRECTORY_MAGIC
+    ):
+        raise AccessDenied(
+            f"object {oid.hex()} is a directory of the namespace: its bytes change only "
+            "through name operations (mkdir, bind, symlink, rename, unbind), never through "
+            "writes, appends or pointers"
+        )
 
 
 def _pointer_name(raw: bytes) -> str:

@@ -353,8 +353,9 @@ class DirOp(Message):
     ``action``: BIND ``name`` to ``target`` as ``kind`` (1 object, 2 directory;
     ``replace`` allows replacing an object binding); UNBIND ``name`` (``target``:
     the binding expected, zero for any); MKDIR ``name`` as a new directory homed
-    here (result: its ID); SYMLINK ``name`` to the path ``text``; RENAME ``name``
-    to ``text`` in directory ``other`` (same home; ``target``: as for UNBIND).
+    here, owned by ``target`` (result: its ID); SYMLINK ``name`` to the path
+    ``text``; RENAME ``name`` to ``text`` in directory ``other`` (same home;
+    ``target``: as for UNBIND).
     ``txn_id`` makes a retry apply once, as for ``Transact``. ``kind`` here and in
     ``DirResult`` is a directory entry's kind (``EntryKind`` of the resolver's
     directory objects).

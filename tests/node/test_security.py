@@ -202,8 +202,9 @@ def test_each_operation_needs_its_right(
 
 def test_running_code_needs_exec_on_the_code(sec: LocalCluster, people: People) -> None:
     with client_as(sec, people.alice) as alice:
-        code = alice.put_code("def size(api, root):\n    return len(api.read(root))\n", "size")
-        root = alice.create(8192, b"abc")  # readable by all: default protections
+        source = "def size(api, root):\n    return len(api.read(root))\n"
+        code = alice.put_code(source, "size", prot=int(Rights.READ))  # readable by all
+        root = alice.create(8192, b"abc", prot=int(Rights.READ))
     with client_as(sec, people.bob) as bob, pytest.raises(AccessDenied, match="EXEC"):
         bob.run(code, root, where="here")
     read_only = grant(people.alice, code, people.bob.kuid, Rights.READ, expiry())

@@ -85,6 +85,33 @@ def test_names_that_cannot_be_bound() -> None:
     assert len(("/" + "y" * 200) * 20) <= MAX_PATH_BYTES
 
 
+@pytest.mark.parametrize(
+    "char",
+    [
+        *(chr(c) for c in (*range(1, 0x20), 0x7F, *range(0x80, 0xA0))),  # C0, DEL, C1
+        "\u2028",  # line separator
+        "\u2029",  # paragraph separator
+        *"\u202a\u202b\u202c\u202d\u202e",  # embeddings, pop, overrides
+        *"\u2066\u2067\u2068\u2069",  # isolates
+        *"\u200e\u200f\u061c",  # marks
+    ],
+    ids=lambda c: f"U+{ord(c):04X}",
+)
+def test_names_refuse_control_and_bidirectional_formatting_characters(char: str) -> None:
+    name = f"report{char}txt"
+    with pytest.raises(InvalidName, match=f"U\\+{ord(char):04X}"):
+        check_name(name)
+    with pytest.raises(InvalidName):  # wherever a path is taken: a link's text too
+        split_path(f"/a/{name}/b")
+    with pytest.raises(InvalidName):
+        split_path(f"../{name}", relative=True)
+
+
+def test_names_keep_letters_of_every_script() -> None:
+    for name in ("café", "данные", "日本語", "שלום", "مرحبا", "a b", "👩\u200d💻", "x\u00ady"):
+        assert check_name(name) == name
+
+
 # -- the root ---------------------------------------------------------------------------
 
 

@@ -13,11 +13,16 @@ Routes::
     POST /transact                               {"txn_id", "ops": [...]}
     GET  /locate/{id}                            home, version, epoch, copies
 
-Writes take the ``X-Dtwz-Txn`` header as their transaction ID: a retry with the
-same ID is applied once. Every change is a transaction of ``TxOp`` at the
-objects' homes (``ObjectService.transact``), and needs WRITE on the bytes it
-changes; a read needs READ, checked once the copy's header is here (it comes
-with the fetch, so the check costs no round trip of its own).
+A new object's default protections are ``prot`` (``Protection`` bits), 0 when not
+given: it grants nothing to anyone but its owner, the requester, until the owner
+says otherwise (docs/SECURITY.md §9). Writes take the ``X-Dtwz-Txn`` header as their
+transaction ID: a retry with the same ID is applied once. A directory of the
+namespace takes no write, append or pointer at all (its home refuses them with
+``AccessDenied``): its bytes change only through ``/names`` operations. Every
+change is a transaction of ``TxOp`` at the objects' homes
+(``ObjectService.transact``), and needs WRITE on the bytes it changes; a read
+needs READ, checked once the copy's header is here (it comes with the fetch, so
+the check costs no round trip of its own).
 """
 
 from __future__ import annotations
@@ -52,7 +57,7 @@ async def create(request: web.Request) -> web.Response:
     node = node_of(request)
     size = int_query(request, "size", 1 << 20)
     flags = int_query(request, "flags", 0)
-    prot = int_query(request, "prot", 3)
+    prot = int_query(request, "prot", 0)  # owner-only unless the creator says otherwise
     data = await request.read()
     target = request.query.get("node", node.node_id)
     txn_id = txn_id_header(request) or b""
