@@ -272,9 +272,9 @@ def graph_put_code(
 @click.option(
     "--time-limit",
     type=click.FloatRange(0.001, 3600),
-    default=60.0,
-    show_default=True,
-    help="Seconds the function may run.",
+    default=None,
+    help="Seconds the function may run (at most the node's --code-max-timeout)."
+    "  [default: the node's, 60]",
 )
 @json_option
 @pass_remote
@@ -284,7 +284,7 @@ def graph_run(
     root: ObjectRef,
     args: tuple[str, ...],
     where: str,
-    time_limit: float,
+    time_limit: float | None,
     as_json: bool,
 ) -> None:
     """Run code object CODE against ROOT where fewer bytes move. ARGS are JSON values

@@ -33,6 +33,7 @@ from dtwz.errors import DtwzError, InvalidArgument
 from dtwz.format.ids import ObjectId
 from dtwz.format.layout import DATA_START
 from dtwz.node import launcher as local_cluster
+from dtwz.node.access import run_code_object
 from dtwz.security.auth import decode_capability_header, encode_capability_header
 from dtwz.security.capabilities import Capability, Gate, Rights, delegate, grant, verify
 from dtwz.security.keys import Identity, PublicKey, check_key_object
@@ -257,6 +258,13 @@ def cap() -> None:
 @cap.command("grant")
 @click.argument("target")
 @_with(_grant_options)
+@click.option(
+    "--cluster-id",
+    envvar="DTWZ_CLUSTER_ID",
+    default="dtwz",
+    show_default=True,
+    help="With TARGET run-code: the cluster's ID (its nodes' --cluster-id).",
+)
 @_identity_option
 @json_option
 @pass_config
@@ -267,11 +275,18 @@ def cap_grant(
     rights: str,
     expires: int,
     gate: str | None,
+    cluster_id: str,
     identity_file: Path | None,
     as_json: bool,
 ) -> None:
-    """Grant rights on TARGET (an object ID) to --to, signed by TARGET's owner."""
+    """Grant rights on TARGET (an object ID) to --to, signed by TARGET's owner.
+
+    TARGET run-code is the right to run code on the cluster (docs/SECURITY.md §11):
+    x on the cluster's run-code object, which the admin signs (`dtwz cap grant
+    run-code --to KUID --rights x`)."""
     owner = _identity(identity_file)
+    if target == "run-code":  # the admin's, named after the cluster
+        target = run_code_object(owner.kuid, cluster_id).hex()
     made = grant(
         owner,
         _oid(target, "target"),

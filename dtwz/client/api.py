@@ -637,10 +637,11 @@ class Client:
         root: ObjectRef,
         *args: Any,
         where: str = "auto",
-        timeout: float = 60.0,
+        timeout: float | None = None,
     ) -> dict[str, Any]:
-        """Run a code object's function ``fn(api, root, *args)`` where fewer bytes move;
-        the report holds ``result``, ``ran_at``, ``choice`` and the byte estimates."""
+        """Run a code object's function ``fn(api, root, *args)`` where fewer bytes move,
+        within ``timeout`` seconds (None: the node's default); the report holds
+        ``result``, ``ran_at``, ``choice`` and the byte estimates."""
         return remote.run(
             self._channel,
             self.resolve(code),

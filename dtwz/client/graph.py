@@ -48,6 +48,7 @@ __all__ = [
     "walk",
 ]
 
+DEFAULT_RUN_TIMEOUT = 60.0  # seconds a run may take when the caller does not say
 Progress = Callable[[int, int, int], None]  # (objects done, bytes done, objects in all)
 Install = Callable[[stream.StreamImage], bool]  # False: older than a version already seen
 
@@ -209,15 +210,21 @@ def run(
     args: Sequence[Any],
     *,
     where: str = "auto",
-    timeout: float = 60.0,
+    timeout: float | None = None,
 ) -> dict[str, Any]:
-    """Run a code object's function against ``root`` where fewer bytes move."""
-    body = {
+    """Run a code object's function against ``root`` where fewer bytes move, within
+    ``timeout`` seconds (None: the node's default, 60 s or its most if lower)."""
+    body: dict[str, Any] = {
         "code": code.hex(),
         "root": root.hex(),
         "args": list(args),
         "where": where,
-        "timeout": timeout,
     }
-    # a run may take its whole time limit: wait for it, plus the walk and transfer
-    return dict(channel.mutate_json("POST", "/code/run", body, timeout=timeout + 30))
+    if timeout is not None:
+        body["timeout"] = timeout
+    else:
+        timeout = DEFAULT_RUN_TIMEOUT
+    # a run may wait up to its time limit for a worker (the node's workers are shared
+    # fairly between callers), then take its whole time limit: wait for both, plus the
+    # walk and transfer
+    return dict(channel.mutate_json("POST", "/code/run", body, timeout=2 * timeout + 30))

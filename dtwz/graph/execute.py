@@ -8,6 +8,11 @@ to the node homing most of the reachable bytes), and runs the function there in
 that node's worker process (``dtwz.node.code.runner``), which reads local objects
 zero-copy and everything else through its node like any client. The answer
 reports the choice, the estimates and what the worker actually fetched.
+
+A run acts as its caller (``Caller``: the kuid that asked and the capabilities it
+brought), wherever it runs: the node that runs it checks everything the function
+asks for against them (docs/SECURITY.md §11), and a run sent to another node
+carries them in ``RunCode``.
 """
 
 from __future__ import annotations
@@ -18,12 +23,13 @@ import time
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from dtwz.errors import ClusterError, CodeError, InvalidArgument
+from dtwz.errors import ClusterError, CodeError, DtwzError, InvalidArgument
 from dtwz.format.ids import ObjectId
 from dtwz.format.layout import DATA_START
-from dtwz.graph.agent import GraphAgent, image_bytes
+from dtwz.graph.agent import NOBODY, Caller, GraphAgent, image_bytes
 from dtwz.graph.code import CodeBody, RunOutcome, decode_code
 from dtwz.graph.placement import choose_site
+from dtwz.security.capabilities import Capability
 from dtwz.service.objects import ObjectService
 from dtwz.wire.messages import CodeResult, Message, RunCode
 
@@ -32,6 +38,17 @@ RESULT_MAX = 64 << 20  # bytes of JSON a function may return
 # function could read live is a good guess of where the rest does, and the walk
 # stays a small part of the run
 DECISION_BUDGET = 64 << 20
+MAX_CAPABILITIES = 16  # a caller's, carried with a run: as many as one request may bring
+
+
+def caller_of(kuid: ObjectId, capabilities: Sequence[bytes]) -> Caller:
+    """The caller a ``RunCode`` names (``InvalidArgument`` for a bad capability)."""
+    if len(capabilities) > MAX_CAPABILITIES:
+        raise InvalidArgument(f"at most {MAX_CAPABILITIES} capabilities per run")
+    try:
+        return Caller(ObjectId(kuid), tuple(Capability.decode(bytes(c)) for c in capabilities))
+    except DtwzError as exc:
+        raise InvalidArgument(f"a run's capability does not decode: {exc}") from exc
 
 
 class CodeCluster(Protocol):
@@ -54,7 +71,7 @@ class CodeRunner(Protocol):
         args: Sequence[Any] = (),
         *,
         timeout: float,
-        generation: int | None = None,
+        caller: Caller,
     ) -> RunOutcome: ...
 
     async def close(self) -> None: ...
@@ -62,12 +79,19 @@ class CodeRunner(Protocol):
 
 class CodeExecutor:
     def __init__(
-        self, cluster: CodeCluster, service: ObjectService, agent: GraphAgent, runner: CodeRunner
+        self,
+        cluster: CodeCluster,
+        service: ObjectService,
+        agent: GraphAgent,
+        runner: CodeRunner,
+        *,
+        max_timeout: float = 300.0,
     ) -> None:
         self.cluster = cluster
         self.service = service
         self.agent = agent
         self.runner = runner
+        self.max_timeout = max_timeout  # seconds a caller may ask for (this node's)
         self.stats = {"runs_here": 0, "runs_sent": 0, "code_to_data": 0, "data_to_code": 0}
 
     async def close(self) -> None:
@@ -87,8 +111,12 @@ class CodeExecutor:
         *,
         where: str = "auto",
         timeout: float = 60.0,
+        caller: Caller = NOBODY,
     ) -> dict[str, Any]:
-        """Run code object ``code_id`` against ``root``; the result and the choice made."""
+        """Run code object ``code_id`` against ``root``; the result and the choice made.
+        The choice weighs only what ``caller`` may read (a summary walk as ``caller``),
+        and the function acts as ``caller`` wherever it runs."""
+        self.check_timeout(timeout)
         start = time.perf_counter()
         me = self.cluster.node_id
         try:
@@ -98,7 +126,9 @@ class CodeExecutor:
         body, code_bytes, code_home = await self._load(code_id)
         report: dict[str, Any] = {"code": code_id.hex(), "root": root.hex()}
         if where == "auto":
-            by_home, objects, cut = await self.agent.summarize(root, budget=DECISION_BUDGET)
+            by_home, objects, cut = await self.agent.summarize(
+                root, budget=DECISION_BUDGET, caller=caller
+            )
             choice = choose_site(by_home, me, code_bytes=code_bytes, code_home=code_home)
             site = choice.site
             report |= {
@@ -113,12 +143,15 @@ class CodeExecutor:
             site = me if where in ("here", "caller", me) else where
             report["choice"] = "asked"
         if site == me:
-            result, stats = await self._run_here(body, root, args, timeout)
+            result, stats = await self._run_here(body, root, args, timeout, caller)
         else:
             if not self.cluster.is_alive(site):
                 raise ClusterError(f"node {site} is not a live member of the cluster")
-            message = RunCode(code_id, root, raw_args, int(timeout * 1000))
-            reply = await self.cluster.request(site, message, timeout + 10)
+            message = RunCode(
+                code_id, root, raw_args, int(timeout * 1000), caller.kuid, caller.encoded()
+            )
+            # the other node may queue the run behind others' for up to its time limit
+            reply = await self.cluster.request(site, message, 2 * timeout + 10)
             if not isinstance(reply, CodeResult):
                 raise ClusterError(f"node {site} answered a run with {reply!r}")
             result, stats = json.loads(reply.result), json.loads(reply.stats)
@@ -133,12 +166,18 @@ class CodeExecutor:
         }
         return report
 
+    def check_timeout(self, timeout: float) -> None:
+        """``InvalidArgument`` unless ``timeout`` is within what this node allows."""
+        if not 0 < timeout <= self.max_timeout:
+            raise InvalidArgument(
+                f"timeout must be a number of seconds in (0, {self.max_timeout:g}] on node "
+                f"{self.cluster.node_id} (its --code-max-timeout), got {timeout!r}"
+            )
+
     async def _run_here(
-        self, body: CodeBody, root: ObjectId, args: list[Any], timeout: float
+        self, body: CodeBody, root: ObjectId, args: list[Any], timeout: float, caller: Caller
     ) -> tuple[Any, dict[str, Any]]:
-        outcome = await self.runner.run(
-            body, root, args, timeout=timeout, generation=self.service.deletions
-        )
+        outcome = await self.runner.run(body, root, args, timeout=timeout, caller=caller)
         self.stats["runs_here"] += 1
         return outcome.result, {**outcome.stats, "elapsed": outcome.elapsed}
 
@@ -152,9 +191,14 @@ class CodeExecutor:
             raise InvalidArgument(f"args are not JSON: {exc}") from exc
         if not isinstance(args, list):
             raise InvalidArgument("args must be a JSON list")
+        # the node the caller asked checked it (docs/SECURITY.md §9); what the function
+        # does here is checked against the caller's identity and capabilities
+        caller = caller_of(m.caller, m.capabilities)
+        timeout = max(0.001, m.timeout_ms / 1000)
+        self.check_timeout(timeout)
         body, _, _ = await self._load(m.code_id)
         start = time.perf_counter()
-        result, stats = await self._run_here(body, m.root, args, max(0.001, m.timeout_ms / 1000))
+        result, stats = await self._run_here(body, m.root, args, timeout, caller)
         raw = json.dumps(result, allow_nan=False).encode("utf-8")
         if len(raw) > RESULT_MAX:
             raise CodeError(f"the function returned {len(raw)} bytes of JSON (limit {RESULT_MAX})")

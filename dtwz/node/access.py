@@ -34,8 +34,8 @@ from dtwz.errors import (
     ObjectNotFound,
     UnknownKey,
 )
-from dtwz.format.ids import ZERO_ID, ObjectId
-from dtwz.format.layout import ObjectHeader
+from dtwz.format.ids import ZERO_ID, ObjectId, content_object_id
+from dtwz.format.layout import ObjectFlags, ObjectHeader
 from dtwz.security.auth import (
     SESSION_HEADER,
     RequestVerifier,
@@ -102,7 +102,10 @@ class Access:
         keys: KeyRing,
         header_of: HeaderOf,
         clock: Callable[[], float] = time.time,
+        *,
+        cluster_id: str = "dtwz",
     ) -> None:
+        self.cluster_id = cluster_id  # names the cluster's run-code object
         self.admitted = admitted
         self.keys = keys
         self.verifier = RequestVerifier(audience=node_id)
@@ -132,6 +135,51 @@ class Access:
     def is_trusted(self, kuid: ObjectId) -> bool:
         """The admin and the cluster's nodes: allowed everything."""
         return kuid == self.admitted.admin or kuid in self.admitted.node_kuids
+
+    @property
+    def run_code_id(self) -> ObjectId:
+        """The object standing for "run code on this cluster" (``run_code_object``)."""
+        return run_code_object(self.admitted.admin, self.cluster_id)
+
+    async def check_run_code(
+        self, accessor: ObjectId, capabilities: Sequence[Capability] = ()
+    ) -> None:
+        """Raise ``AccessDenied`` unless ``accessor`` may run code on this cluster: the
+        admin, a node, or a capability for EXEC on the run-code object, which only the
+        admin can grant (its owner) (docs/SECURITY.md §11)."""
+        if self.is_trusted(accessor):
+            return
+        target = self.run_code_id
+        admin = self.admitted.admin
+        cap = next((c for c in capabilities if c.target == target), None)
+        if cap is None:
+            self.stats["denied"] += 1
+            raise AccessDenied(
+                f"{accessor} may not run code on this cluster: running code is a right the "
+                f"admin ({admin}) grants, as x on the cluster's run-code object {target}; "
+                f"the admin runs `dtwz cap grant run-code --to {accessor} --rights x` "
+                "and the caller sends the capability it prints with its requests "
+                "(--capability, DTWZ_CAPABILITY or Client.add_capability)"
+            )
+        self.stats["capabilities"] += 1
+        for link in cap.chain:
+            await self.keys.load(link.issuer)
+        try:
+            verify(
+                cap,
+                target=target,
+                accessor_kuid=accessor,
+                rights_needed=Rights.EXEC,
+                offset=None,
+                length=None,
+                now=int(self._clock()),
+                owner_kuid_of_target=admin,
+                key_lookup=self.keys.lookup,
+                cache=self.cache,
+            )
+        except AccessDenied:
+            self.stats["denied"] += 1
+            raise
 
     async def authenticate(
         self,
@@ -327,6 +375,20 @@ class ReadRule:
         except AccessDenied:
             return False
         return True
+
+
+RUN_CODE_CONTENTS = b"dtwz-run-code\x00"
+
+
+def run_code_object(admin: ObjectId, cluster_id: str) -> ObjectId:
+    """The ID of a cluster's run-code object: who may run code there holds x on it
+    (docs/SECURITY.md §11). A content ID owned by the admin, immutable, with no
+    default protections, over ``"dtwz-run-code" 0x00 || cluster ID``: anyone can
+    compute it, only the admin can grant rights on it, and no node stores it (an
+    ID the access check knows the owner of without a header)."""
+    return content_object_id(
+        admin, ObjectFlags.IMMUTABLE, 0, RUN_CODE_CONTENTS + cluster_id.encode("utf-8")
+    )
 
 
 def parse_capabilities(value: str | None) -> list[Capability]:

@@ -55,6 +55,19 @@ class NodeConfig:
     quota_objects: int = 100_000
     quota_bytes: int = 10 << 30
     max_keys: int = 10_000
+    # code at the data (docs/SECURITY.md §11): calls run at once (worker processes),
+    # of which one caller's at most; the longest time limit a caller may ask for
+    # (seconds of wall time; of CPU time too, unless code_cpu caps that lower); bytes
+    # of memory per call (0: no limit); a root node's workers run as uids code_uid,
+    # code_uid + 1, ... (one per worker); where a worker cannot be isolated, code is
+    # refused unless allow_unisolated_code
+    code_workers: int = 2
+    code_per_caller: int = 1
+    code_max_timeout: float = 300.0
+    code_cpu: float = 0.0
+    code_memory: int = 1 << 30
+    code_uid: int = 61000
+    allow_unisolated_code: bool = False
 
     @property
     def keys_folder(self) -> Path:
@@ -93,6 +106,12 @@ class NodeConfig:
             raise InvalidArgument("prefetch_neighbours is a number of bytes, 0 for off")
         if min(self.quota_objects, self.quota_bytes, self.max_keys) < 0:
             raise InvalidArgument("quota_objects, quota_bytes and max_keys are >= 0 (0: no limit)")
+        if self.code_workers < 1 or not 1 <= self.code_per_caller <= self.code_workers:
+            raise InvalidArgument("need code_workers >= 1 and 1 <= code_per_caller <= code_workers")
+        if self.code_max_timeout <= 0 or min(self.code_cpu, self.code_memory) < 0:
+            raise InvalidArgument("need code_max_timeout > 0, code_cpu >= 0, code_memory >= 0")
+        if self.code_uid < 1:
+            raise InvalidArgument("code_uid must be a uid above 0 (root's workers run as it)")
         if self.advertise_url and not self.advertise_url.startswith(("http://", "https://")):
             raise InvalidArgument(f"advertise_url must be http(s)://...: {self.advertise_url!r}")
         if not self.cluster_id or len(self.cluster_id) > 64:

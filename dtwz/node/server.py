@@ -38,8 +38,8 @@ import time
 from collections import defaultdict
 from collections.abc import Coroutine
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from dtwz.errors import DtwzError
 from dtwz.format.ids import ObjectId
@@ -48,11 +48,12 @@ from dtwz.graph.agent import GraphAgent
 from dtwz.graph.execute import CodeExecutor
 from dtwz.node import dispatch
 from dtwz.node.access import Access, KeyRing
-from dtwz.node.code.runner import CodeRunner
+from dtwz.node.code.host import StoreCodeHost
+from dtwz.node.code.runner import CodeLimits, CodeRunner, Isolation
 from dtwz.node.config import NodeConfig
 from dtwz.node.dispatch import Dispatcher
 from dtwz.node.gossip import Gossip
-from dtwz.node.http.app import start_http
+from dtwz.node.http.app import build_code_app, start_http
 from dtwz.node.location_directory import LocationDirectory
 from dtwz.node.migration import Migrations
 from dtwz.node.peer import Curve, PeerEndpoint, curve_keypair
@@ -192,9 +193,10 @@ class Node:
         graph = GraphAgent(self, service, names)
         if c.prefetch_neighbours > 0:
             service.on_fetched = graph.prefetch_neighbours(c.prefetch_neighbours)
-        identity_file = self._setup_security(service) if c.security else None
-        runner = CodeRunner(c.data_dir / "store", c.http_url, identity_file=identity_file)
-        code = CodeExecutor(self, service, graph, runner)
+        if c.security:
+            self._setup_security(service)
+        runner = self._code_runner(store)
+        code = CodeExecutor(self, service, graph, runner, max_timeout=c.code_max_timeout)
         directory = LocationDirectory(
             self.node_id,
             service,
@@ -208,9 +210,33 @@ class Node:
         )
         return NodeParts(store, service, names, migrations, graph, code, directory)
 
-    def _setup_security(self, service: ObjectService) -> Path:
+    def _code_runner(self, store: Store) -> CodeRunner:
+        """Workers that run code as its callers, confined (docs/SECURITY.md §11): they
+        must not open the node's data and keys, nor reach its port."""
+        c = self.config
+        store_dir, keys = c.data_dir / "store", c.keys_folder
+        protect = (c.data_dir, store_dir, store_dir / "STORE", store_dir / "wal.log")
+        secrets = (keys, keys / "admin.id", keys / f"node-{self.node_id}.id")
+        url = urlsplit(c.http_url)
+        host = StoreCodeHost(
+            store, lambda caller_of: build_code_app(self, caller_of), lambda: self.access
+        )
+        return CodeRunner(
+            host,
+            limits=CodeLimits(
+                c.code_workers, c.code_per_caller, memory=c.code_memory, cpu=c.code_cpu
+            ),
+            isolation=Isolation(
+                uid=c.code_uid,
+                protect=(*protect, *secrets),
+                probe=(url.hostname or "127.0.0.1", url.port or c.http_port),
+                allow_unisolated=c.allow_unisolated_code,
+            ),
+        )
+
+    def _setup_security(self, service: ObjectService) -> None:
         """Keys (made on first start, this node admitted), CurveZMQ on the peer
-        endpoint and the access policy; the identity file its code worker signs with."""
+        endpoint and the access policy."""
         folder = self.config.keys_folder
         admitted = keyfiles.ensure_keys(folder, [self.node_id], curve_keypair)
         mine = keyfiles.NodeKeys.load(folder, self.node_id)
@@ -220,7 +246,11 @@ class Node:
             return bytes(obj.read(DATA_START, obj.header().data_len))
 
         access = self.access = Access(
-            self.node_id, admitted, KeyRing(admitted.trusted, read_key), service.header_of
+            self.node_id,
+            admitted,
+            KeyRing(admitted.trusted, read_key),
+            service.header_of,
+            cluster_id=self.config.cluster_id,
         )
         c = self.config
         self.quotas = Quotas(
@@ -235,7 +265,6 @@ class Node:
         self.peer.curve = Curve(
             mine.curve_server[0], mine.curve_server[1], mine.curve[0], mine.curve[1], self._admits
         )
-        return keyfiles.node_identity_file(folder, self.node_id)
 
     def _admits(self, curve_key: bytes) -> bool:
         """Whether a peer's curve key is admitted (runs in the ZAP thread). An unknown

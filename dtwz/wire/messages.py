@@ -558,13 +558,17 @@ class MigrateIn(Message):
 @dataclass(frozen=True, slots=True)
 class RunCode(Message):
     """Run the function of code object ``code_id`` against ``root`` here (reply:
-    ``CodeResult``). ``args`` and the result are JSON text."""
+    ``CodeResult``). ``args`` and the result are JSON text. The run acts as
+    ``caller`` with its ``capabilities`` (encoded chains), as the node the caller
+    asked authenticated it."""
 
     OP = 80
     code_id: ObjectId
     root: ObjectId
     args: bytes
     timeout_ms: U32
+    caller: ObjectId = ZERO_ID
+    capabilities: list[bytes] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)

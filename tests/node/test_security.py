@@ -26,6 +26,7 @@ from dtwz.errors import (
 )
 from dtwz.format.ids import ObjectId
 from dtwz.format.layout import DATA_START
+from dtwz.node.access import run_code_object
 from dtwz.node.launcher import LocalCluster
 from dtwz.security.auth import body_sha256, sign_request
 from dtwz.security.capabilities import Capability, Gate, Rights, _sign, delegate, grant
@@ -202,16 +203,28 @@ def test_each_operation_needs_its_right(
 
 def test_running_code_needs_exec_on_the_code(sec: LocalCluster, people: People) -> None:
     with client_as(sec, people.alice) as alice:
-        source = "def size(api, root):\n    return len(api.read(root))\n"
-        code = alice.put_code(source, "size", prot=int(Rights.READ))  # readable by all
-        root = alice.create(8192, b"abc", prot=int(Rights.READ))
-    with client_as(sec, people.bob) as bob, pytest.raises(AccessDenied, match="EXEC"):
+        code = alice.put_code("def size(api, root):\n    return len(api.read(root))\n", "size")
+        root = alice.create(8192, b"abc", prot=int(Rights.READ))  # readable by all
+    # running code at all is a right the admin grants (docs/SECURITY.md §11)
+    with client_as(sec, people.bob) as bob, pytest.raises(AccessDenied, match="run code"):
+        bob.run(code, root, where="here")
+    may_run = grant(
+        sec.admin, run_code_object(sec.admin.kuid, "dtwz"), people.bob.kuid, Rights.EXEC, expiry()
+    )
+    # no right on the code object: it looks missing to him (docs/SECURITY.md §9)
+    with (
+        client_as(sec, people.bob, "n1", may_run) as bob,
+        pytest.raises((AccessDenied, ObjectNotFound)),
+    ):
         bob.run(code, root, where="here")
     read_only = grant(people.alice, code, people.bob.kuid, Rights.READ, expiry())
-    with client_as(sec, people.bob, "n1", read_only) as bob, pytest.raises(AccessDenied):
+    with (
+        client_as(sec, people.bob, "n1", may_run, read_only) as bob,
+        pytest.raises(AccessDenied),
+    ):
         bob.run(code, root, where="here")
     runs = grant(people.alice, code, people.bob.kuid, Rights.EXEC, expiry())
-    with client_as(sec, people.bob, "n1", runs) as bob:
+    with client_as(sec, people.bob, "n1", may_run, runs) as bob:
         assert bob.run(code, root, where="here")["result"] == 3
 
 

@@ -318,11 +318,11 @@ TABLE: list[tuple[Message, int, bool, list[str]]] = [
         ],
     ),
     (
-        RunCode(OID, OID, b"[]", 1000),
+        RunCode(OID, OID, b"[]", 1000, OID, [b"\xcc"]),
         20,
         False,
-        # code_id, root, args (JSON), timeout_ms
-        [env(80, 20), f"{OID_HEX} {OID_HEX} 02000000 5b5d e8030000"],
+        # code_id, root, args (JSON), timeout_ms, caller, capabilities (encoded chains)
+        [env(80, 20), f"{OID_HEX} {OID_HEX} 02000000 5b5d e8030000 {OID_HEX} 01000000 01000000 cc"],
     ),
     (
         CodeResult(b"6", b"{}", 5),

@@ -32,7 +32,9 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from dtwz import errors
-from dtwz.errors import DtwzError, InvalidArgument
+from dtwz.errors import AccessDenied, DtwzError, InvalidArgument
+from dtwz.format.layout import MAX_OBJECT_SIZE
+from dtwz.graph.agent import Caller
 from dtwz.node.access import parse_capabilities
 from dtwz.node.http import cluster, graph, keys, names, objects
 from dtwz.node.http.context import NODE_KEY, NodeApi
@@ -146,3 +148,50 @@ async def start_http(node: NodeApi, host: str, port: int) -> web.AppRunner:
     site = web.TCPSite(runner, host, port, reuse_address=True)
     await site.start()
     return runner
+
+
+# -- the API as a call of code at the data sees it (docs/SECURITY.md §11) -----------------
+
+# what a call may not do as its caller: keys and sessions would outlive the call,
+# and a call starts no other call (nor reads the node's counters or its web page)
+CODE_REFUSED = frozenset({"/keys", "/session", "/code/run", "/metrics", "/"})
+
+
+def build_code_app(
+    node: NodeApi, caller_of: Callable[[web.Request], Caller | None]
+) -> web.Application:
+    """The node's routes (less ``CODE_REFUSED``) for the processes that run code:
+    served on connections the node hands one call (``dtwz.node.code.host``), never
+    on a port. A request proves nothing itself: it acts as the caller of the call
+    its connection belongs to (``caller_of``), with that caller's capabilities and
+    those it brings, and is checked like any of that caller's; a connection whose
+    call is over is refused. Errors answer as ``build_app``'s do."""
+
+    @web.middleware
+    async def as_caller(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            caller = caller_of(request)
+            if caller is None:
+                raise AccessDenied("the call this connection was made for is over")
+            request["accessor"] = caller.kuid
+            brought = parse_capabilities(request.headers.get(CAPABILITY_HEADER))
+            request["caps"] = [*caller.capabilities, *brought]
+            return await handler(request)
+        except DtwzError as exc:
+            kind, message, fields = errors.describe(exc)
+            return web.json_response(
+                {"error": kind, "message": message, **fields}, status=errors.http_status(exc)
+            )
+        except web.HTTPException as exc:
+            return web.json_response(
+                {"error": "InvalidArgument", "message": exc.text or exc.reason}, status=exc.status
+            )
+
+    app = web.Application(
+        middlewares=[as_caller],
+        client_max_size=MAX_OBJECT_SIZE,
+        handler_args={"max_line_size": 16 << 10},
+    )
+    app[NODE_KEY] = node
+    app.router.add_routes([r for r in ROUTES if getattr(r, "path", "/") not in CODE_REFUSED])
+    return app

@@ -20,8 +20,10 @@ requester may read, and shows anything else, the root included, as ``hidden``,
 exactly as it shows an ID no node holds; a prefetch brings only readable objects
 (and to a client sends only images the requester may READ); migrating needs
 WRITE on every object moved; co-location moves objects the requester did not
-name, so it needs the admin; running code needs EXEC on the code object and READ
-on the root.
+name, so it needs the admin; running code needs the right to run code on the
+cluster (x on its run-code object: the admin, or a capability the admin granted,
+docs/SECURITY.md §11), EXEC on the code object and READ on the root, and the
+function then acts as its caller.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from dtwz.security.capabilities import Rights
 if TYPE_CHECKING:
     import networkx as nx
 
+DEFAULT_TIMEOUT = 60.0  # seconds a run may take when its caller does not say
 # pages a browser opens from a signed link (``dtwz graph ROOT --link``)
 LINK_ROUTES = frozenset({"/graph/view"})
 
@@ -209,14 +212,18 @@ async def colocate(request: web.Request) -> web.Response:
 
 
 async def run_code(request: web.Request) -> web.Response:
-    body = await json_body(request)
     node = node_of(request)
+    access = node.access
+    if access is not None:  # who may run code at all: before anything is read or run
+        await access.check_run_code(accessor(request), request["caps"])
+    body = await json_body(request)
     args = body.get("args", [])
     if not isinstance(args, list):
         raise InvalidArgument("args must be a JSON list")
-    timeout = body.get("timeout", 60)
-    if not isinstance(timeout, int | float) or not 0 < timeout <= 3600:
-        raise InvalidArgument("timeout must be a number of seconds in (0, 3600]")
+    timeout = body.get("timeout", min(DEFAULT_TIMEOUT, node.code.max_timeout))
+    if not isinstance(timeout, int | float) or isinstance(timeout, bool):
+        raise InvalidArgument("timeout must be a number of seconds")
+    node.code.check_timeout(float(timeout))  # at most this node's --code-max-timeout
     code, root = ObjectId.parse(str(body.get("code"))), ObjectId.parse(str(body.get("root")))
     await allow(request, code, Rights.EXEC)
     await allow(request, root, Rights.READ)
@@ -226,6 +233,7 @@ async def run_code(request: web.Request) -> web.Response:
         args,
         where=str(body.get("where") or "auto"),
         timeout=float(timeout),
+        caller=caller(request),
     )
     return web.json_response(report, dumps=lambda doc: json.dumps(doc, allow_nan=False))
 
