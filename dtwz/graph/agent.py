@@ -43,6 +43,7 @@ from typing import Any, Protocol
 import networkx as nx
 
 from dtwz.errors import (
+    AccessDenied,
     ClusterError,
     DtwzError,
     InvalidCapability,
@@ -183,6 +184,7 @@ class GraphAgent:
         service = self.service
         seen = self._walk_state(m.walk_id)
         readable = await self._read_check(m)  # None: the caller may read everything
+        names_as = None if readable is None else _NameReader(m.accessor, readable, service)
         asked = {s.object_id for s in m.starts} if readable is not None else set()
         budget = m.budget or None
         used = 0
@@ -243,7 +245,7 @@ class GraphAgent:
             end = len(fot)
             for index in range(1, header.fot_count + 1):
                 at = end - FOT_ENTRY_SIZE * index
-                edge = await self._edge(oid, index, fot[at : at + FOT_ENTRY_SIZE])
+                edge = await self._edge(oid, index, fot[at : at + FOT_ENTRY_SIZE], names_as)
                 if edge is None:
                     continue
                 if not summary:
@@ -275,7 +277,9 @@ class GraphAgent:
         check = await access.read_rule(m.accessor, caps)
         return None if check.trusted else check
 
-    async def _edge(self, oid: ObjectId, index: int, raw: bytes) -> GraphEdge | None:
+    async def _edge(
+        self, oid: ObjectId, index: int, raw: bytes, names_as: _NameReader | None
+    ) -> GraphEdge | None:
         head, flags, reserved = _FOT_ENTRY.unpack(raw)
         if flags & _ID_ENTRY_MASK == int(FotFlags.VALID) and reserved == _ZERO12:
             return GraphEdge(oid, ObjectId(head), index, flags)  # the common case, fast
@@ -294,9 +298,9 @@ class GraphAgent:
             return GraphEdge(oid, ZERO_ID, index, int(entry.flags), "", str(exc))
         if self.names is None:
             return GraphEdge(oid, ZERO_ID, index, int(entry.flags), name, "no namespace")
-        try:
-            resolved = await self.names.resolve(name)
-        except (NamespaceError, PointerError, ClusterError) as exc:
+        try:  # as the caller: only through directories it may read
+            resolved = await self.names.resolve(name, caller=names_as)
+        except (NamespaceError, PointerError, ClusterError, AccessDenied) as exc:
             return GraphEdge(oid, ZERO_ID, index, int(entry.flags), name, str(exc))
         return GraphEdge(oid, resolved.object_id, index, int(entry.flags), name)
 
@@ -655,6 +659,33 @@ class GraphAgent:
 
         await asyncio.gather(*(from_home(h, items) for h, items in wanted.items()))
         return stats
+
+
+class _NameReader:
+    """A walk's caller as the namespace sees it (``dtwz.resolver.namespace.Caller``),
+    to resolve the name entries of the objects it may read: it may look names up in
+    a directory it may read (the holder's rule, on the header resolving just brought
+    here), and changes nothing."""
+
+    def __init__(self, kuid: ObjectId, readable: ReadCheck, service: ObjectService) -> None:
+        self._kuid = kuid
+        self._readable = readable
+        self._service = service
+
+    @property
+    def kuid(self) -> ObjectId:
+        return self._kuid
+
+    async def may_read(self, directory: ObjectId) -> None:
+        header = await self._service.header_of(directory)
+        if not self._readable(directory, header.kuid, header.default_prot):
+            raise AccessDenied(f"{self._kuid} may not look names up in directory {directory}")
+
+    async def may_change(self, directory: ObjectId) -> None:
+        raise AccessDenied("a walk changes no names")
+
+    async def may_name(self, target: ObjectId) -> None:
+        raise AccessDenied("a walk binds no names")
 
 
 def _per_home(txn_id: bytes, home: str) -> bytes:

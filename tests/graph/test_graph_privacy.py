@@ -298,3 +298,24 @@ def test_the_admin_sees_everything(cluster: LocalCluster, world: World) -> None:
     assert g.nodes[w.x.hex()]["kind"] == "missing" and g.nodes[w.x.hex()]["error"]
     assert g.edges[w.a1.hex(), w.p.hex()]["name"] == SECRET_NAME
     assert g.has_edge(w.a2.hex(), w.b2.hex())
+
+
+def test_name_entries_resolve_only_through_directories_the_caller_may_read(
+    cluster: LocalCluster, bob: Identity, world: World
+) -> None:
+    w = world
+    with cluster.client("n1") as admin:
+        admin.mkdir("/closed", prot=0)  # only its owner, the admin, may look names up in it
+        admin.bind("/closed/inside", w.b1)  # bob's own object: the name is what is closed
+    with as_bob(cluster, bob, "n2") as b:
+        source = b.create(SIZE, _item(40), node="n2", prot=0)
+        b.write_name_pointer(source, _slot(0), "/closed/inside")
+        b.write_name_pointer(source, _slot(1), SECRET_NAME)  # /privacy: readable by all
+        g = b.walk(source)
+    assert w.b1.hex() not in g  # what the closed name names stays unknown
+    closed = g.nodes["name:/closed/inside"]
+    assert closed["kind"] == "unresolved" and "may not look names up" in closed["error"]
+    assert g.nodes[w.p.hex()]["kind"] == "object"
+    assert g.edges[source.hex(), w.p.hex()]["name"] == SECRET_NAME
+    with cluster.client("n3") as admin:
+        assert admin.walk(source).edges[source.hex(), w.b1.hex()]["name"] == "/closed/inside"
