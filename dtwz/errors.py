@@ -38,6 +38,7 @@ so callers never have to know which library sat underneath::
     │   └── CodeError               a code object is malformed or its function failed
     │       └── CodeTimeout         the function ran past its time limit and was stopped
     ├── QuotaExceeded               an identity's objects or bytes, or the keys enrolled, at a limit
+    ├── NodeBusy                    the node is at a limit of concurrent work (uploads): retry later
     └── AccessDenied                a request lacks a valid capability or proof
         ├── InvalidCapability       malformed, forged or badly delegated capability
         ├── CapabilityExpired       a capability (or a link of its chain) is past its expiry
@@ -46,7 +47,9 @@ so callers never have to know which library sat underneath::
         └── UnknownKey              the request's key is not known to the cluster (register it)
 
 ``InvalidArgument`` (also a ``ValueError``) covers bad sizes, offsets and flags
-given by a caller; ``InvalidName`` is one too, so a bad path is a usage error.
+given by a caller; ``InvalidName`` is one too, so a bad path is a usage error, and
+so are ``RequestTooLarge`` (413: a body over its route's limit) and
+``RequestTimeout`` (408: a body that did not arrive in time).
 
 The boundary
 ------------
@@ -97,6 +100,18 @@ class InvalidArgument(DtwzError, ValueError):
     """A caller passed a value outside what the operation accepts."""
 
     http_status = 400
+
+
+class RequestTooLarge(InvalidArgument):
+    """A request body larger than its route takes (nothing of it was done)."""
+
+    http_status = 413
+
+
+class RequestTimeout(InvalidArgument):
+    """A request body that did not arrive within the node's time limit."""
+
+    http_status = 408
 
 
 class FormatError(DtwzError):
@@ -293,6 +308,13 @@ class QuotaExceeded(DtwzError):
     of the refused request was done."""
 
     http_status = 413
+
+
+class NodeBusy(DtwzError):
+    """The node is at a limit of concurrent work (uploads being received): nothing
+    was done; send the request again after a moment (the answer's Retry-After)."""
+
+    http_status = 503
 
 
 def moved_to(exc: ObjectMoved) -> tuple[str, int] | None:

@@ -5,7 +5,11 @@ writes, migrates, walks or runs code (docs/SECURITY.md §9):
 
 1. the request is signed (``RequestVerifier``, audience = this node's ID) by a
    key the node can find: a trusted key from ``admitted.json`` (admin, nodes) or
-   a key object stored in the cluster, checked against its kuid;
+   a key object stored in the cluster, checked against its kuid. In two steps:
+   ``admit`` checks what the headers tell before the body is read (a session
+   or, after the time window and an unused nonce, a known key), ``accept`` the
+   signature over the body's digest. Only key objects (``is_key_header``) are
+   ever read as keys;
 2. the admin and the cluster's nodes may do anything (a node's identity is what
    its code worker signs with);
 3. an object's owner (its header's kuid) may do anything with it;
@@ -25,12 +29,14 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 from dtwz.errors import (
     AccessDenied,
     CorruptObject,
     DtwzError,
     FormatError,
+    NodeBusy,
     ObjectNotFound,
     UnknownKey,
 )
@@ -39,36 +45,105 @@ from dtwz.format.layout import ObjectFlags, ObjectHeader
 from dtwz.security.auth import (
     SESSION_HEADER,
     RequestVerifier,
+    SessionKey,
     SessionTable,
+    SignedHeaders,
     decode_capability_header,
 )
 from dtwz.security.capabilities import Capability, Rights, VerifiedCache, default_allows, verify
 from dtwz.security.keyfiles import Admitted
-from dtwz.security.keys import PublicKey, check_key_object
+from dtwz.security.keys import (
+    KEY_OBJECT_FLAGS,
+    KEY_OBJECT_PROT,
+    MAX_LABEL_BYTES,
+    PublicKey,
+    check_key_object,
+)
 
 ReadKeyObject = Callable[[ObjectId], Awaitable[bytes]]  # kuid -> the key object's data
 HeaderOf = Callable[[ObjectId], Awaitable[ObjectHeader]]
 MAX_CAPABILITIES = 16  # per request: one per object a transaction touches
+MAX_UNPROVED_LOADS = 16  # key lookups at once for requests not yet authenticated
+UNKNOWN_FOR = 5.0  # seconds a kuid with no key stays unknown to such requests
 _CACHE = 100_000
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """A request that passed ``Access.admit`` (its headers), waiting for its body:
+    the proof, what it signed, the key or session that checks it (None: the body
+    brings the key), and who it acts as."""
+
+    signed: SignedHeaders
+    method: str
+    path: str
+    key: PublicKey | SessionKey | None
+    owner: ObjectId
+
+
+_KEY_RECORD_MIN = 46  # a key record with an empty label (docs/SECURITY.md §1)
+
+
+def is_key_header(header: ObjectHeader) -> bool:
+    """Whether a header is a key object's (docs/SECURITY.md §1): unowned, immutable,
+    readable by all, its data one key record. Only such objects are read as keys, so
+    a request naming any other object as its key never makes the node copy it."""
+    return (
+        header.kuid == ZERO_ID
+        and int(header.flags) == int(KEY_OBJECT_FLAGS)
+        and int(header.default_prot) == int(KEY_OBJECT_PROT)
+        and _KEY_RECORD_MIN <= header.data_len <= _KEY_RECORD_MIN + MAX_LABEL_BYTES
+    )
 
 
 class KeyRing:
     """kuid -> public key: the admitted keys, then key objects read through the node."""
 
-    def __init__(self, trusted: Mapping[ObjectId, PublicKey], read: ReadKeyObject) -> None:
+    def __init__(
+        self,
+        trusted: Mapping[ObjectId, PublicKey],
+        read: ReadKeyObject,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._trusted = dict(trusted)
         self._found: OrderedDict[ObjectId, PublicKey] = OrderedDict()
         self._read = read
+        self._clock = clock
+        # kuids a request not yet authenticated named and the cluster has no key for:
+        # kuid -> until when that answer stands (``load(..., unproved=True)``)
+        self._unknown: OrderedDict[ObjectId, float] = OrderedDict()
+        self._loading = 0  # lookups for requests not yet authenticated, in flight
 
-    async def load(self, kuid: ObjectId) -> bool:
-        """Make ``kuid``'s key available to ``lookup``; False when the cluster has none."""
+    async def load(self, kuid: ObjectId, *, unproved: bool = False) -> bool:
+        """Make ``kuid``'s key available to ``lookup``; False when the cluster has none.
+
+        ``unproved``: the kuid comes from a request whose signature is not checked
+        yet (anyone may send one). Then a kuid found to have no key is remembered
+        as such for ``UNKNOWN_FOR`` seconds, and at most ``MAX_UNPROVED_LOADS`` such
+        lookups run at once (``NodeBusy`` past that), so made-up keys cost the
+        cluster little: each at most a directory lookup and one small header."""
         if kuid in self._trusted or kuid in self._found:
             return True
+        if unproved:
+            until = self._unknown.get(kuid)
+            if until is not None and until > self._clock():
+                return False
+            if self._loading >= MAX_UNPROVED_LOADS:
+                raise NodeBusy("the node is looking up too many unknown keys; retry in a moment")
+            self._loading += 1
         try:
             data = await self._read(kuid)
             record = check_key_object(kuid, data)  # a node serving the wrong key is caught
         except (ObjectNotFound, FormatError):  # CorruptObject is a FormatError
+            if unproved:
+                self._unknown[kuid] = self._clock() + UNKNOWN_FOR
+                self._unknown.move_to_end(kuid)
+                while len(self._unknown) > _CACHE:
+                    self._unknown.popitem(last=False)
             return False
+        finally:
+            if unproved:
+                self._loading -= 1
         self.add(record.public_key)
         return True
 
@@ -81,6 +156,7 @@ class KeyRing:
         self._trusted = dict(trusted)
 
     def add(self, key: PublicKey) -> None:
+        self._unknown.pop(key.kuid, None)
         self._found[key.kuid] = key
         while len(self._found) > _CACHE:
             self._found.popitem(last=False)
@@ -189,33 +265,68 @@ class Access:
         body_digest: bytes,
         new_key: PublicKey | None = None,
     ) -> ObjectId:
-        """The kuid that signed this request. ``new_key``: a key the request itself
-        brings (registering a key object), usable to check its own signature."""
-        self.stats["requests"] += 1
+        """The kuid that signed this request (``admit``, then ``accept``). ``new_key``:
+        a key the request itself brings (registering a key object), usable to check
+        its own signature."""
+        admission = await self.admit(headers, method, raw_path, brings_key=new_key is not None)
+        return await self.accept(admission, body_digest, new_key)
+
+    async def admit(
+        self, headers: Mapping[str, str], method: str, raw_path: str, *, brings_key: bool = False
+    ) -> Admission:
+        """What can be checked before the body is read, cheapest first (docs/SECURITY.md
+        §9): the proof headers' form; the session (in memory) or, for a signed request,
+        nothing yet; the audience, the time window and an unused nonce; and only then
+        the signer's key, which may be looked up in the cluster (``KeyRing.load``: key
+        objects only, never a copy). ``brings_key``: the body may carry the signer's
+        own key (``POST /keys``), so a signer not known yet is not refused here."""
+        signed = SignedHeaders.parse(headers)
+        now = self._clock()
         if SESSION_HEADER in headers:  # an HMAC in a session: no signature to check
-            claimed = _claimed_kuid(headers)
-            if claimed is None:
-                raise AccessDenied("a session request names no session")
-            session = self.sessions.lookup(claimed, self._clock())
+            session = self.sessions.lookup(signed.kuid, now)
+            self.verifier.check(signed, now, session.owner)
+            return Admission(signed, method, raw_path, session, session.owner)
+        self.verifier.check(signed, now)
+        key: PublicKey | None = None
+        if not brings_key or self.keys.knows(signed.kuid):
+            key = await self._signer(signed.kuid)
+        return Admission(signed, method, raw_path, key, signed.kuid)
+
+    async def accept(
+        self, admission: Admission, body_digest: bytes, new_key: PublicKey | None = None
+    ) -> ObjectId:
+        """The kuid that signed an admitted request, once its signature (or MAC) over
+        the body's digest checks; ``new_key`` as for ``authenticate``: it checks the
+        signature only, and the ring learns it once it is enrolled (``POST /keys``)."""
+        signed, key = admission.signed, admission.key
+        if key is None:
+            if new_key is not None and new_key.kuid == signed.kuid:
+                key = new_key
+            else:
+                key = await self._signer(signed.kuid)
+        self.verifier.accept(
+            signed,
+            admission.method,
+            admission.path,
+            body_digest,
+            self._clock(),
+            key,
+            admission.owner,
+        )
+        self.stats["requests"] += 1
+        if isinstance(key, SessionKey):
             self.stats["session_requests"] += 1
-            self.verifier.verify(
-                headers, method, raw_path, body_digest, self._clock(), lambda _: session
-            )
-            return session.owner
-        claimed = _claimed_kuid(headers)
-        lookup: Callable[[ObjectId], PublicKey] = self.keys.lookup
-        if claimed is not None and new_key is not None and new_key.kuid == claimed:
-            # checked with the key it brings, which the ring learns only once the key is
-            # enrolled (``POST /keys``, docs/SECURITY.md §10)
-            lookup = _also(new_key, self.keys.lookup)
-        elif claimed is not None and not await self.keys.load(claimed):
+        return admission.owner
+
+    async def _signer(self, claimed: ObjectId) -> PublicKey:
+        if not await self.keys.load(claimed, unproved=True):
             raise UnknownKey(
                 f"key {claimed} is not known to the cluster: it must be enrolled, with the "
                 "admin's consent (docs/SECURITY.md §10): the admin runs `dtwz identity "
                 f"enroll {claimed}` and the key's holder presents the capability it prints "
                 "(`dtwz identity register --enrollment CAP`, or Client(enrollment=CAP))"
             )
-        return self.verifier.verify(headers, method, raw_path, body_digest, self._clock(), lookup)
+        return self.keys.lookup(claimed)
 
     async def check(
         self,
@@ -399,24 +510,3 @@ def parse_capabilities(value: str | None) -> list[Capability]:
     if len(parts) > MAX_CAPABILITIES:
         raise AccessDenied(f"at most {MAX_CAPABILITIES} capabilities per request")
     return [decode_capability_header(p) for p in parts]
-
-
-def _also(
-    key: PublicKey, lookup: Callable[[ObjectId], PublicKey]
-) -> Callable[[ObjectId], PublicKey]:
-    """``lookup``, and ``key`` for its own kuid."""
-
-    def found(kuid: ObjectId) -> PublicKey:
-        return key if kuid == key.kuid else lookup(kuid)
-
-    return found
-
-
-def _claimed_kuid(headers: Mapping[str, str]) -> ObjectId | None:
-    for name, value in headers.items():
-        if name.lower() == "x-dtwz-key":
-            try:
-                return ObjectId.parse(value)
-            except FormatError:
-                return None  # the verifier says what is wrong with it
-    return None

@@ -48,6 +48,13 @@ class NodeConfig:
     # the cluster's keys folder, shared by its nodes (default: DATA_DIR/keys, which
     # suits a node on its own); whatever is missing is made on first start
     keys_dir: Path = Path("")
+    # HTTP bodies (docs/SECURITY.md §9): at most this many received at once (more get
+    # 503 with Retry-After); each may take body_timeout seconds and one more per MiB
+    # received; request headers must come within header_timeout seconds (also how
+    # long an idle kept-alive connection stays open)
+    max_uploads: int = 16
+    body_timeout: float = 30.0
+    header_timeout: float = 60.0
     # enrollment and quotas (docs/SECURITY.md §10): whether any key may register
     # itself (every node alike), and per identity across the cluster at most this
     # many objects and allocated bytes, and at most this many enrolled keys (0: no limit)
@@ -104,6 +111,8 @@ class NodeConfig:
             raise InvalidArgument("directory_copies >= 1 and request_timeout > 0")
         if self.prefetch_neighbours < 0:
             raise InvalidArgument("prefetch_neighbours is a number of bytes, 0 for off")
+        if self.max_uploads < 1 or self.body_timeout <= 0 or self.header_timeout <= 0:
+            raise InvalidArgument("max_uploads >= 1, body_timeout > 0 and header_timeout > 0")
         if min(self.quota_objects, self.quota_bytes, self.max_keys) < 0:
             raise InvalidArgument("quota_objects, quota_bytes and max_keys are >= 0 (0: no limit)")
         if self.code_workers < 1 or not 1 <= self.code_per_caller <= self.code_workers:

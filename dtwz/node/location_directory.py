@@ -120,9 +120,14 @@ class LocationDirectory:
 
     # -- lookups ---------------------------------------------------------------------
 
-    async def locate(self, oid: ObjectId, *, refresh: bool = False) -> HomeRecord:
+    async def locate(
+        self, oid: ObjectId, *, refresh: bool = False, ask_everyone: bool = True
+    ) -> HomeRecord:
         """The record of ``oid``'s home; ``refresh`` skips the cache and records of
-        homes that are down (a home said the object is not there)."""
+        homes that are down (a home said the object is not there). When the
+        directory does not know it, every member is asked, unless ``ask_everyone``
+        is False (a key named by a request not yet authenticated): then it is
+        ``ObjectNotFound``."""
         local = self._local_record(oid)
         if local is not None:
             return local
@@ -149,6 +154,8 @@ class LocationDirectory:
             if record is not None and (not refresh or self.members.is_alive(record.home)):
                 self.cache.put(record)
                 return self._check_home(record)
+        if not ask_everyone:
+            raise nowhere(oid)
         return await self._locate_by_asking_everyone(oid)
 
     async def describe(self, oid: ObjectId, *, refresh: bool = False) -> Location:

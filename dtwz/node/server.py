@@ -41,19 +41,19 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from dtwz.errors import DtwzError
+from dtwz.errors import DtwzError, ObjectNotFound
 from dtwz.format.ids import ObjectId
 from dtwz.format.layout import DATA_START
 from dtwz.graph.agent import GraphAgent
 from dtwz.graph.execute import CodeExecutor
 from dtwz.node import dispatch
-from dtwz.node.access import Access, KeyRing
+from dtwz.node.access import Access, KeyRing, is_key_header
 from dtwz.node.code.host import StoreCodeHost
 from dtwz.node.code.runner import CodeLimits, CodeRunner, Isolation
 from dtwz.node.config import NodeConfig
 from dtwz.node.dispatch import Dispatcher
 from dtwz.node.gossip import Gossip
-from dtwz.node.http.app import build_code_app, start_http
+from dtwz.node.http.app import HttpLimits, build_code_app, start_http
 from dtwz.node.location_directory import LocationDirectory
 from dtwz.node.migration import Migrations
 from dtwz.node.peer import Curve, PeerEndpoint, curve_keypair
@@ -176,7 +176,8 @@ class Node:
             self.dispatcher.add(table)
         await self.peer.start()
         parts.migrations.resume()  # moves a crash interrupted
-        self._http_runner = await start_http(self, c.bind_host, c.http_port)
+        limits = HttpLimits(c.max_uploads, c.body_timeout, c.header_timeout)
+        self._http_runner = await start_http(self, c.bind_host, c.http_port, limits)
         for loop in (*self.gossip.loops(), parts.directory.republish_loop()):
             self._spawn(loop)
         log.info("node %s up: peer %s, http %s", self.node_id, c.peer_addr, c.http_addr)
@@ -242,8 +243,21 @@ class Node:
         mine = keyfiles.NodeKeys.load(folder, self.node_id)
 
         async def read_key(kuid: ObjectId) -> bytes:
-            obj, _, _ = await service.open_whole(kuid)
-            return bytes(obj.read(DATA_START, obj.header().data_len))
+            # key objects only, and never a copy: where the directory says it lives (a
+            # kuid the directory does not know is no key: no member is asked), then the
+            # ID-checked header (local, a copy held, or one small fetch from the home,
+            # no copy kept), then the record by range
+            if not service.is_home(kuid) and service.copies.peek(kuid) is None:
+                await self.directory.locate(kuid, ask_everyone=False)
+            header = await service.header_of(kuid)
+            if not is_key_header(header):
+                raise ObjectNotFound(f"object {kuid} is not a key object")
+            try:
+                obj = service.get(kuid)  # here already: no round trip
+            except ObjectNotFound:
+                data, _, _ = await service.fetcher.read_range(kuid, DATA_START, header.data_len)
+                return bytes(data)
+            return bytes(obj.read(DATA_START, header.data_len))
 
         access = self.access = Access(
             self.node_id,
@@ -352,6 +366,9 @@ class Node:
 
     def is_alive(self, node_id: str) -> bool:
         return self.gossip.is_alive(node_id)
+
+    def is_member(self, node_id: str) -> bool:
+        return node_id == self.node_id or self.membership.get(node_id) is not None
 
     def member_at(self, peer_addr: str) -> tuple[str, int] | None:
         """(node ID, state) of the member whose peer address is ``peer_addr``, if any."""

@@ -64,6 +64,10 @@ from dtwz.store.redo import CreateOp, DeleteOp, RedoOp, WriteOp, decode_log, enc
 from dtwz.store.transaction import Transaction
 
 STORE_FORMAT = 1
+# a store is its node's alone: objects, the redo log and the control files hold data
+# other local users may have no right to (docs/SECURITY.md §9)
+FILE_MODE = 0o600
+FOLDER_MODE = 0o700
 _CTL_MAGIC = b"DTWZCTL1"
 _CTL_SIZE = 4096
 _LOG_END = 16  # u64: end of the intact log
@@ -127,7 +131,8 @@ class Store:
         self.store_id: str = str(meta.get("store_id", ""))
         try:
             self._ctl_fd = os.open(path / "store.ctl", os.O_RDWR)
-            self._log_fd = os.open(path / "wal.log", os.O_RDWR | os.O_CREAT, 0o644)
+            self._log_fd = os.open(path / "wal.log", os.O_RDWR | os.O_CREAT, FILE_MODE)
+            _owner_only(path, self._ctl_fd, self._log_fd)
         except OSError as exc:
             raise StoreError(f"cannot open the control files of {path}: {exc}") from exc
         try:
@@ -163,8 +168,11 @@ class Store:
         if (root / "STORE").exists():
             raise StoreError(f"{root} already holds a dtwz store")
         objects = root / "objects"
+        root.mkdir(FOLDER_MODE, parents=True, exist_ok=True)
+        os.chmod(root, FOLDER_MODE)  # it may have been there: the node's user only
+        objects.mkdir(FOLDER_MODE, exist_ok=True)
         for prefix in range(256):
-            (objects / f"{prefix:02x}").mkdir(parents=True, exist_ok=True)
+            (objects / f"{prefix:02x}").mkdir(FOLDER_MODE, exist_ok=True)
         ctl = bytearray(_CTL_SIZE)
         ctl[:8] = _CTL_MAGIC
         ctl[_SALT : _SALT + 8] = os.urandom(8)
@@ -472,7 +480,7 @@ class Store:
     def _create_file(self, oid: ObjectId, size: int) -> None:
         path = self.object_path(oid)
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
         except FileExistsError:
             # replaying a create that already happened, or one whose process was
             # killed between the open and the ftruncate: finish that one
@@ -676,9 +684,26 @@ def _uncovered(spans: list[tuple[int, int]], start: int, end: int) -> list[tuple
     return gaps
 
 
+def _owner_only(root: Path, *fds: int) -> None:
+    """Make an opened store readable by its owner only: the folder 0700, its control
+    files and log 0600 (a store made before they were is tightened at open; its
+    object files stay as they are, out of reach behind the folder). A store of
+    another user is left alone: that user's choice, and not ours to change."""
+    try:
+        if os.stat(root).st_uid != os.geteuid():
+            return
+        os.chmod(root, FOLDER_MODE)
+        for fd in fds:
+            os.fchmod(fd, FILE_MODE)
+    except OSError:
+        pass  # a read-only file system, say: the modes it was made with stand
+
+
 def _write_durably(path: Path, data: bytes) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+    os.fchmod(fd, FILE_MODE)  # a leftover .tmp keeps its mode through O_CREAT
+    with open(fd, "wb") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())

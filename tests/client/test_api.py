@@ -61,7 +61,7 @@ def test_create_on_another_node_with_node_parameter(clients: dict[str, Client]) 
     assert clients["n2"].locate(oid).home == "n3"
     assert clients["n3"].info(oid)["home"] == "n3"
     assert clients["n2"].read(oid) == b"placed"
-    with pytest.raises(ClusterError):
+    with pytest.raises(InvalidArgument, match="no member"):  # a usage error: a 4xx
         clients["n1"].create(SMALL, node="no-such-node")
 
 

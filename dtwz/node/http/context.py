@@ -61,6 +61,9 @@ class NodeApi(Protocol):
     def is_ready(self) -> bool:
         """Joined the cluster and serving."""
 
+    def is_member(self, node_id: str) -> bool:
+        """Whether ``node_id`` names a member of the cluster (this node too), live or not."""
+
     def status(self) -> dict[str, Any]:
         """The node's view of itself and the cluster (``GET /cluster``)."""
 
@@ -163,6 +166,8 @@ async def json_body(request: web.Request) -> dict[str, Any]:
         body = await request.json()
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidArgument(f"request body is not JSON: {exc}") from exc
+    except RecursionError:  # [[[[...: deeper than the parser goes
+        raise InvalidArgument("request body is JSON nested too deeply") from None
     if not isinstance(body, dict):
         raise InvalidArgument("request body must be a JSON object")
     return body

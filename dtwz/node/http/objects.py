@@ -60,6 +60,8 @@ async def create(request: web.Request) -> web.Response:
     prot = int_query(request, "prot", 0)  # owner-only unless the creator says otherwise
     data = await request.read()
     target = request.query.get("node", node.node_id)
+    if not node.is_member(target):  # a member that is down answers HomeUnreachable (503)
+        raise InvalidArgument(f"node={target!r} names no member of the cluster (GET /cluster)")
     txn_id = txn_id_header(request) or b""
     kuid = accessor(request)  # the requester owns what it creates
     if target == node.node_id:
@@ -186,16 +188,23 @@ async def _run(
     request: web.Request, ops: list[TxOp], txn_id: bytes | None = None
 ) -> TransactResult:
     for op in ops:  # every object a transaction changes needs WRITE, on the bytes it changes
-        offset, length = _op_range(op)
+        offset, length = await _op_range(request, op)
         await allow(request, op.object_id, Rights.WRITE, offset, length)
     return await node_of(request).service.transact(ops, txn_id)
 
 
-def _op_range(op: TxOp) -> tuple[int | None, int | None]:
+async def _op_range(request: web.Request, op: TxOp) -> tuple[int | None, int | None]:
     if op.kind == TxOpKind.WRITE:
         return op.offset, len(op.data)
     if op.kind in (TxOpKind.POINTER, TxOpKind.NAME_POINTER):
-        return op.offset, 8  # the pointer word; its FOT entry is the object's own business
+        # a pointer may add a FOT entry, at the object's end: a write to the whole
+        # object, so a gated capability allows it only if its gate covers the object
+        # (the size is looked up only then; without a gate the whole object is asked)
+        caps = request.get("caps", ())
+        if any(c.target == op.object_id and c.gate is not None for c in caps):
+            header = await node_of(request).service.header_of(op.object_id)
+            return 0, header.max_size
+        return None, None
     return None, None  # appends and allocations land where the home decides
 
 
