@@ -76,6 +76,9 @@ class CodeRunner(Protocol):
 
     async def close(self) -> None: ...
 
+    def status(self) -> dict[str, Any]:
+        """Counters, and how the workers are confined."""
+
 
 class CodeExecutor:
     def __init__(
@@ -96,6 +99,10 @@ class CodeExecutor:
 
     async def close(self) -> None:
         await self.runner.close()
+
+    def status(self) -> dict[str, Any]:
+        """Where runs went, and the runner's own figures (``/cluster``'s "code")."""
+        return {**self.stats, **self.runner.status()}
 
     async def _load(self, code_id: ObjectId) -> tuple[CodeBody, int, str]:
         obj, _, home = await self.service.open_whole(code_id)

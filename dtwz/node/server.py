@@ -441,7 +441,7 @@ class Node:
             "quotas": self.quotas.stats() if self.quotas is not None else {},
             "names": p.names.status(),
             "graph": dict(p.graph.stats),
-            "code": dict(p.code.stats),
+            "code": p.code.status(),
             "migrations": dict(p.migrations.stats),
             "root": p.names.root.hex(),
         }

@@ -2,11 +2,12 @@
 
 ``StoreCodeHost`` is the ``CodeHost`` a node hands its ``CodeRunner``:
 
-- ``open_object``: a read-only descriptor of an object's file, for an object this
+- ``open_objects``: a read-only descriptor of an object's file, for an object this
   node homes and the caller may read *whole* (``Access.check`` for READ without a
   byte range); nothing otherwise, not even why: the call then asks the API, which
   answers as it answers the caller anywhere else (a gated capability gets its
-  range, an unreadable object looks missing);
+  range, an unreadable object looks missing). With it come descriptors of objects
+  its pointers lead to, by the same rule, so a traversal asks once per batch;
 - ``connect``: the node's API served on one end of a socket pair whose other end
   the call's process holds, every request acting as the caller (the application
   of ``make_app``, ``dtwz.node.http.app.build_code_app``). The connection is the
@@ -19,7 +20,8 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Set
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -41,6 +43,7 @@ CallerOf = Callable[[web.Request], Caller | None]
 """Whose call a request of the code API comes from (None: that call is over)."""
 
 KEEPALIVE = 3600.0  # a call's connection stays open while the call lasts
+NEIGHBOUR_ENTRIES = 64  # FOT entries of an object looked at for what to hand over with it
 
 
 class StoreCodeHost:
@@ -63,7 +66,47 @@ class StoreCodeHost:
     def caller_of(self, request: web.Request) -> Caller | None:
         return self._callers.get(request.protocol)
 
-    async def open_object(self, caller: Caller, oid: ObjectId) -> int | None:
+    async def open_objects(
+        self, caller: Caller, oid: ObjectId, *, limit: int = 1, skip: Set[ObjectId] = frozenset()
+    ) -> list[tuple[ObjectId, int]]:
+        """Read-only descriptors of ``oid`` and, up to ``limit`` in all, of objects its
+        pointers lead to (breadth first, not those in ``skip``), each homed here and
+        readable whole by ``caller``; empty when ``oid`` itself is not. A traversal
+        then asks once per ``limit`` objects instead of once per object."""
+        first = await self._open(caller, oid)
+        if first is None:
+            return []
+        found = [(oid, first)]
+        seen, queue = {oid, *skip}, deque([oid])
+        try:
+            while queue and len(found) < limit:
+                for target in self._targets(queue.popleft()):
+                    if target in seen:
+                        continue
+                    seen.add(target)
+                    fd = await self._open(caller, target)
+                    if fd is not None:
+                        found.append((target, fd))
+                        queue.append(target)
+                        if len(found) >= limit:
+                            break
+        except BaseException:
+            for _, fd in found:
+                os.close(fd)
+            raise
+        return found
+
+    def _targets(self, oid: ObjectId) -> list[ObjectId]:
+        """The objects the first of ``oid``'s FOT entries name (ID entries only)."""
+        try:
+            obj = self.store.get(oid)
+            count = min(obj.header().fot_count, NEIGHBOUR_ENTRIES)
+            entries = [obj.fot_entry(i) for i in range(1, count + 1)]
+        except DtwzError:
+            return []
+        return [ObjectId(e.target) for e in entries if e.target is not None and e.is_valid]
+
+    async def _open(self, caller: Caller, oid: ObjectId) -> int | None:
         if not self.store.exists(oid):
             self.stats["not_opened"] += 1
             return None

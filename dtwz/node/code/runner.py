@@ -36,7 +36,7 @@ import site
 import socket
 import sys
 from collections import OrderedDict, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Sequence, Set
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
@@ -49,6 +49,7 @@ from dtwz.graph.code import CodeBody, RunOutcome
 from dtwz.node.code.worker import (
     FRAME_PREFIX,
     MAX_CONNECTIONS,
+    MAX_FDS,
     decode_frame,
     encode_frame,
     frame_length,
@@ -64,6 +65,7 @@ _REAP_TIMEOUT = 10.0  # after SIGKILL the kernel reaps quickly; never wait forev
 _EXIT_WAIT = 5.0  # for the worker to report how a call's process ended
 _OUTPUT_TAIL = 8192
 _EXIT_GRACE = 2.0  # for a worker that closed its socket to finish exiting by itself
+FIRST_BATCH = 4  # objects handed over for a call's first open; doubled on each next one
 
 
 @dataclass(frozen=True)
@@ -91,9 +93,13 @@ class Isolation:
 class CodeHost(Protocol):
     """What a call's process gets from its node, as its caller (``dtwz.node.code.host``)."""
 
-    async def open_object(self, caller: Caller, oid: ObjectId) -> int | None:
-        """A read-only descriptor of ``oid``'s file when it is homed here and ``caller``
-        may read it whole; None otherwise (say nothing more: the API will)."""
+    async def open_objects(
+        self, caller: Caller, oid: ObjectId, *, limit: int = 1, skip: Set[ObjectId] = frozenset()
+    ) -> list[tuple[ObjectId, int]]:
+        """Read-only descriptors of ``oid``'s file, when it is homed here and ``caller``
+        may read it whole, and of up to ``limit`` - 1 more objects it leads to, by the
+        same rule (none in ``skip``); empty when ``oid`` is not (say nothing more: the
+        API will)."""
 
     async def connect(self, caller: Caller, sock: socket.socket) -> Callable[[], None]:
         """Serve the node's API on ``sock`` as ``caller``; the function that ends it."""
@@ -184,6 +190,7 @@ class _Worker:
         assert proc.stderr is not None
         self._drain = asyncio.create_task(_drain(proc.stderr, self.tail, f"worker {proc.pid}"))
         self.dead = False
+        self.ending: asyncio.Future[None] | None = None  # the last call's process ending
 
     @classmethod
     async def start(cls, argv: list[str], timeout: float) -> _Worker:
@@ -259,6 +266,8 @@ class _Worker:
         itself: a worker that closed its socket is exiting, and its status says why)
         and reap the worker, in bounded time."""
         self.dead = True
+        if self.ending is not None:
+            self.ending.cancel()
         self.control.close()
         if grace > 0:
             try:
@@ -351,6 +360,16 @@ class CodeRunner:
             if slot.worker is not None:
                 return dict(slot.worker.isolation)
         return {}
+
+    def status(self) -> dict[str, Any]:
+        """The counters, the limits and how the newest worker is confined."""
+        return {
+            **self.stats,
+            "workers": len(self._slots),
+            "workers_running": len(self.worker_pids),
+            "per_caller": self.limits.per_caller,
+            "isolation": self.isolation_report,
+        }
 
     async def __aenter__(self) -> CodeRunner:
         return self
@@ -547,7 +566,12 @@ class CodeRunner:
         timeout: float,
         caller: Caller,
     ) -> dict[str, Any]:
-        cpu = max(1, math.ceil(min(timeout, self.limits.cpu) if self.limits.cpu else timeout))
+        # CPU seconds: --code-cpu, else a second more than the wall time (which stops a
+        # call that computes on one thread first: its error says which limit it was)
+        cpu = (
+            math.ceil(min(timeout, self.limits.cpu)) if self.limits.cpu else math.ceil(timeout) + 1
+        )
+        cpu = max(1, cpu)
         limits = {"cpu": cpu, "memory": self.limits.memory}
         ours, theirs = socket.socketpair()
         out_read, out_write = os.pipe()
@@ -590,10 +614,13 @@ class CodeRunner:
                 with contextlib.suppress(_WorkerGone):
                     await self._exited(worker, call_id)
                 raise CodeError(f"the process running {entry} broke the protocol: {exc}") from None
+            if answer is not None:
+                # the process ends meanwhile: its worker's report is read before the
+                # worker's next call (the caller need not wait for the teardown)
+                worker.ending = asyncio.ensure_future(self._ended(worker, call_id, child))
+                return answer
             exited = await self._exited(worker, call_id)
             _killpg(child)  # whatever the call started and left behind
-            if answer is not None:
-                return answer
             code = exited.get("code")
             used = exited.get("cpu")
             if (
@@ -634,6 +661,8 @@ class CodeRunner:
         self, call: _Frames, caller: Caller, closers: list[Callable[[], None]], call_id: int
     ) -> dict[str, Any] | None:
         """Answer the call's requests until its answer (None: it ended without one)."""
+        handed: set[ObjectId] = set()  # objects whose descriptors the call has
+        batch = FIRST_BATCH
         while True:
             try:
                 doc = await call.receive()
@@ -647,7 +676,8 @@ class CodeRunner:
                     raise CodeError(f"expected the answer to call {call_id}, got {doc!r}")
                 return doc
             if op == "open":
-                await self._open(call, caller, doc.get("id"))
+                await self._open(call, caller, doc.get("id"), handed, batch)
+                batch = min(2 * batch, MAX_FDS)  # a call that keeps asking gets more at once
             elif op == "connect":
                 if len(closers) >= MAX_CONNECTIONS:
                     await call.send(encode_frame({"ok": False, "message": "too many connections"}))
@@ -661,22 +691,38 @@ class CodeRunner:
             else:
                 await call.send(encode_frame({"ok": False, "message": f"no such request {op!r}"}))
 
-    async def _open(self, call: _Frames, caller: Caller, raw: Any) -> None:
-        fd = None
+    async def _open(
+        self, call: _Frames, caller: Caller, raw: Any, handed: set[ObjectId], limit: int
+    ) -> None:
+        found: list[tuple[ObjectId, int]] = []
         try:
-            fd = await self.host.open_object(caller, ObjectId.parse(str(raw)))
+            oid = ObjectId.parse(str(raw))
+            found = await self.host.open_objects(caller, oid, limit=limit, skip=handed)
         except DtwzError:
-            fd = None
+            found = []
         except Exception:  # a bug: the call is told no, the node lives on
             log.exception("opening object %r for a call", raw)
-            fd = None
-        if fd is None:
+            found = []
+        if not found:
             await call.send(encode_frame({"ok": False}))
             return
         try:
-            await call.send(encode_frame({"ok": True}), [fd])
+            ids = [oid.hex() for oid, _ in found]
+            await call.send(encode_frame({"ok": True, "ids": ids}), [fd for _, fd in found])
+            handed.update(oid for oid, _ in found)
         finally:
-            os.close(fd)
+            for _, fd in found:
+                os.close(fd)
+
+    async def _ended(self, worker: _Worker, call_id: int, child: int) -> None:
+        """After an answer: the worker's report that the call's process ended; then
+        whatever the call started and left behind is killed."""
+        try:
+            await self._exited(worker, call_id)
+        except _WorkerGone:
+            pass  # the worker is dead: the next call starts another
+        finally:
+            _killpg(child)
 
     async def _exited(self, worker: _Worker, call_id: int) -> dict[str, Any]:
         """The worker's report of how the call's process ended (``_WorkerGone`` if it
@@ -712,6 +758,9 @@ class CodeRunner:
 
     async def _warm_worker(self, slot: _Slot) -> _Worker:
         worker = slot.worker
+        if worker is not None and worker.ending is not None:
+            ending, worker.ending = worker.ending, None
+            await ending  # the previous call's process has ended (or the worker died)
         if worker is not None and not worker.alive:
             await self._discard(slot, worker)
             worker = None

@@ -28,7 +28,8 @@ UTF-8 JSON, at most 64 MiB; descriptors travel with a frame (SCM_RIGHTS)::
 
     call channel (runner <-> the child running call C)
     runner -> child   {"call_id", "source", "entry", "root", "args"}
-    child -> runner   {"op": "open", "id": hex}  -> {"ok": true} + [read-only fd] | {"ok": false}
+    child -> runner   {"op": "open", "id": hex}  -> {"ok": true, "ids": [hex, ...]} + [read-only
+                        fds, that object's first, then objects it leads to] | {"ok": false}
     child -> runner   {"op": "connect"}          -> {"ok": true} + [HTTP socket] | {"ok": false}
     child -> runner   {"op": "answer", "call_id", "ok": true, "result", "stats", "elapsed"}
                     | {"op": "answer", "call_id", "ok": false, "error", "message", "traceback"}
@@ -46,6 +47,8 @@ import array
 import builtins
 import contextlib
 import ctypes
+import functools
+import gc
 import http.client
 import json
 import linecache
@@ -68,7 +71,6 @@ from dtwz.client.transport import ConnectionPool
 from dtwz.errors import CodeError, DtwzError, PeerUnavailable
 from dtwz.format.ids import ObjectId
 from dtwz.format.layout import DATA_START, HEADER_RECORD_SIZE, ObjectHeader
-from dtwz.graph.code import CodeBody
 from dtwz.node.code import isolation
 from dtwz.store.objects import NameResolver, StoredObject
 
@@ -85,7 +87,8 @@ __all__ = [
 
 FRAME_LIMIT = 64 << 20
 FRAME_PREFIX = struct.Struct("<I")
-MAX_FDS = 4  # descriptors one frame may carry
+MAX_FDS = 128  # descriptors one frame may carry (objects handed over at once)
+MAX_PENDING = 256  # descriptors handed over ahead of need, kept until mapped
 MAX_CONNECTIONS = 16  # HTTP connections one call may ask for
 MAX_MAPPINGS = 16384  # objects one call keeps mapped (each is a VMA)
 _TRACEBACK_CHARS = 4000
@@ -231,13 +234,15 @@ def _map_read_only(fd: int, size: int) -> ctypes.Array[ctypes.c_char] | mmap.mma
     if addr is None or addr == _MAP_FAILED:
         err = ctypes.get_errno()
         raise OSError(err, f"mmap: {os.strerror(err)}")
-    # a subclass: plain ctypes arrays cannot be weakly referenced (the finalizer)
-    array_type: type[ctypes.Array[ctypes.c_char]] = type(
-        f"ReadOnly{size}", (ctypes.c_char * size,), {}
-    )
-    mapped = array_type.from_address(addr)
+    mapped = _mapping_type(size).from_address(addr)
     weakref.finalize(mapped, _libc.munmap, addr, size)
     return mapped
+
+
+@functools.cache
+def _mapping_type(size: int) -> type[ctypes.Array[ctypes.c_char]]:
+    # a subclass: plain ctypes arrays cannot be weakly referenced (the finalizer)
+    return type(f"ReadOnly{size}", (ctypes.c_char * size,), {})
 
 
 class GrantedObjects:
@@ -259,6 +264,7 @@ class GrantedObjects:
         self.linked: Callable[[ObjectId, ObjectId], StoredObject] | None = None
         self._mapped: OrderedDict[bytes, StoredObject] = OrderedDict()
         self._refused: set[bytes] = set()  # not here, or not the caller's to map
+        self._pending: OrderedDict[bytes, int] = OrderedDict()  # handed over, not mapped yet
         self._guard = threading.Lock()
 
     def mapped(self, oid: ObjectId) -> StoredObject | None:
@@ -271,16 +277,15 @@ class GrantedObjects:
                 return obj
             if oid in self._refused:
                 return None
-        answer, fds = self.channel.request({"op": "open", "id": oid.hex()})
-        if answer.get("ok") is not True or len(fds) != 1:
-            _close_all(fds)
-            with self._guard:
-                self._refused.add(oid)
-            return None
+            fd = self._pending.pop(oid, None)
+        if fd is None:
+            fd = self._ask(oid)
+            if fd is None:
+                return None
         try:
-            obj = self._map(oid, fds[0])
+            obj = self._map(oid, fd)
         finally:
-            os.close(fds[0])
+            os.close(fd)
         with self._guard:
             obj = self._mapped.setdefault(oid, obj)
             self.local_reads += 1
@@ -289,9 +294,39 @@ class GrantedObjects:
                 old.forget_targets()
         return obj
 
+    def _ask(self, oid: ObjectId) -> int | None:
+        """The node's descriptor of ``oid`` (None: not to be had); those of the objects
+        it leads to, which come with it, are kept for later."""
+        answer, fds = self.channel.request({"op": "open", "id": oid.hex()})
+        ids = answer.get("ids")
+        if (
+            answer.get("ok") is not True
+            or not isinstance(ids, list)
+            or len(ids) != len(fds)
+            or not fds
+            or ids[0] != oid.hex()
+        ):
+            _close_all(fds)
+            with self._guard:
+                self._refused.add(oid)
+            return None
+        extra: list[int] = []
+        with self._guard:
+            for raw, fd in zip(ids[1:], fds[1:], strict=True):
+                other = ObjectId.parse(str(raw))
+                if other in self._mapped or other in self._pending:
+                    extra.append(fd)
+                else:
+                    self._pending[other] = fd
+            while len(self._pending) > MAX_PENDING:
+                extra.append(self._pending.popitem(last=False)[1])
+        _close_all(extra)
+        return fds[0]
+
     def _map(self, oid: ObjectId, fd: int) -> StoredObject:
         size = os.fstat(fd).st_size
-        header = ObjectHeader.decode(os.pread(fd, HEADER_RECORD_SIZE, 0))
+        # the node opened the file by its ID: the header's ID field says it is that one
+        header = ObjectHeader.decode(os.pread(fd, HEADER_RECORD_SIZE, 0), check_id=False)
         if header.object_id != oid or size != header.max_size:
             raise CodeError(f"the node handed over another object than {oid.hex()}")
         return StoredObject(self, ObjectId(oid), _map_read_only(fd, size))
@@ -488,9 +523,13 @@ def _parse(request: Mapping[str, Any]) -> tuple[str, types.CodeType, str, Object
         root_id = ObjectId.parse(root)
     except DtwzError as exc:
         raise CodeError(f"bad root object ID: {exc}") from exc
-    CodeBody(source, entry)  # checks it the way a code object is checked
+    if not entry.isidentifier():
+        raise CodeError(f"entry {entry!r} is not a valid Python identifier")
     filename = f"<dtwz code {entry}>"
-    code = compile(source, filename, "exec", dont_inherit=True)
+    try:  # the node checked it as a code object (CodeBody): this compiles it once more
+        code = compile(source, filename, "exec", dont_inherit=True)
+    except (SyntaxError, ValueError, RecursionError, MemoryError) as exc:
+        raise CodeError(f"source does not compile: {type(exc).__name__}: {exc}") from None
     # tracebacks show the source lines (an mtime of None: never checked on disk)
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
     return entry, code, filename, root_id, args
@@ -614,6 +653,7 @@ def main(argv: list[str] | None = None) -> int:
     # a root node's worker (a uid of its own) limits the processes of that uid
     own_uid = report.mode == "root" and not report.unisolated
     zygote = Zygote(channel, sweep=report.signals_scoped and not report.unisolated)
+    gc.freeze()  # what is loaded now stays put: a call's process copies fewer pages
     try:
         channel.send(
             encode_frame({"ready": True, "pid": os.getpid(), "isolation": report.as_json()})
