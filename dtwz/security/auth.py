@@ -151,24 +151,23 @@ class SignedHeaders(NamedTuple):  # a tuple: made once per request, cheaply
     nonce: bytes
     signature: bytes
     audience: str
+    seen_key: bytes  # what the nonce memory remembers: the key line and the nonce
 
     @classmethod
     def parse(cls, headers: Mapping[str, str]) -> SignedHeaders:
         """The proof headers of a request (names case-insensitive); ``AccessDenied``
         when one is missing or malformed."""
         fields = {name.lower(): value for name, value in headers.items()}
+        kuid = _key_id(_header(fields, KEY_HEADER))
+        nonce = bytes.fromhex(_header(fields, NONCE_HEADER, _HEX, 2 * NONCE_BYTES))
         return cls(
-            _key_id(_header(fields, KEY_HEADER)),
+            kuid,
             int(_header(fields, TIMESTAMP_HEADER, _DECIMAL)),
-            bytes.fromhex(_header(fields, NONCE_HEADER, _HEX, 2 * NONCE_BYTES)),
+            nonce,
             bytes.fromhex(_header(fields, SIGNATURE_HEADER, _HEX, 2 * SIGNATURE_BYTES)),
             fields.get(AUDIENCE_HEADER.lower(), ""),
+            kuid + nonce,
         )
-
-    @property
-    def seen_key(self) -> bytes:
-        """What the nonce memory remembers: the key line and the nonce."""
-        return bytes(self.kuid) + self.nonce
 
 
 class _Nonces:
@@ -383,7 +382,7 @@ class RequestVerifier:
                 f"{self.window_s} s is accepted (are the clocks in step?)"
             )
         with self._lock:  # cheap refusals first: a replay costs no signature check
-            self.nonces.check(bytes(owner or signed.kuid), signed.seen_key, signed.timestamp, now)
+            self.nonces.check(owner or signed.kuid, signed.seen_key, signed.timestamp, now)
 
     def accept(
         self,
@@ -412,7 +411,7 @@ class RequestVerifier:
             raise AccessDenied(f"malformed signed request: {exc}") from exc
         if key.kuid != signed.kuid or not key.verify(signed.signature, message):
             raise AccessDenied(f"bad request signature for key {signed.kuid}")
-        who = bytes(owner or signed.kuid)
+        who = owner or signed.kuid
         with self._lock:  # another thread may have won
             self.nonces.check(who, signed.seen_key, signed.timestamp, now)
             self.nonces.remember(who, signed.seen_key, signed.timestamp, now)

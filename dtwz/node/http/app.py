@@ -133,7 +133,9 @@ def body_limit(node: NodeApi, request: web.Request, route: str) -> int:
     this node holds (home or copy) is bounded by that object's size; a creation by
     its ``?size=``; nothing is fetched to learn either."""
     limit = BODY_LIMITS.get((request.method, route), 0)
-    if route == "/objects" and request.method == "POST":
+    if limit == 0:
+        return 0
+    if route == "/objects":
         with contextlib.suppress(ValueError):  # the handler says what is wrong with it
             limit = min(limit, max(0, int(request.query.get("size", str(1 << 20)), 0)))
     elif route in _SIZED_BY_OBJECT:
