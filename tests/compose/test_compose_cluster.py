@@ -120,6 +120,44 @@ def test_objects_made_through_one_container_are_resolved_fetched_and_followed_th
         assert c["n3"].read(cells[0][0], cells[0][1], 8) == (7).to_bytes(8, "little")
 
 
+ESCAPE = """
+def escape(api, root, paths, port):
+    import os
+    import socket
+
+    out = {"uid": os.getuid(), "root": api.read(root, 0x1000, 4).decode()}
+    for path in paths:
+        try:
+            with open(path, "rb") as f:
+                f.read(1)
+            out[path] = "opened"
+        except OSError as exc:
+            out[path] = type(exc).__name__
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+        out["network"] = "connected"
+    except OSError as exc:
+        out["network"] = type(exc).__name__
+    return out
+"""
+
+
+def test_code_runs_confined_in_the_unprivileged_container(compose3: ComposeCluster) -> None:
+    """The image runs its node as uid 10001: its workers confine themselves as an
+    unprivileged node's do (Landlock, seccomp; docs/SECURITY.md §11) and run code."""
+    with compose3.client("n1", timeout=60) as admin:
+        root = admin.create(SMALL, b"mine", node="n1")
+        code = admin.put_code(ESCAPE, "escape", node="n1")
+        paths = ["/keys/admin.id", "/keys/node-n1.id", "/data/store/STORE", "/data", "/etc/passwd"]
+        ran = admin.run(code, root, paths, 7000, where="n1")
+        isolation = admin.cluster_status()["code"]["isolation"]
+    result = ran["result"]
+    assert result.pop("root") == "mine" and result.pop("uid") == 10001
+    assert result == {**{p: "PermissionError" for p in paths}, "network": "PermissionError"}
+    assert isolation["mode"] == "unprivileged" and isolation["unisolated"] == [], isolation
+    assert isolation["landlock_abi"] >= 1 and isolation["seccomp"], isolation
+
+
 def test_stores_survive_down_and_up(compose3: ComposeCluster) -> None:
     with clients_of(compose3) as c:
         kept = {node: c[node].create(SMALL, f"kept on {node}".encode()) for node in c}
