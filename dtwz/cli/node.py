@@ -52,6 +52,15 @@ _NODE_HELP = {
     "quota_objects": "Objects one identity may own across the cluster (0: no limit).",
     "quota_bytes": "Allocated bytes one identity may own across the cluster (0: no limit).",
     "max_keys": "Keys the cluster may enroll (0: no limit).",
+    "code_workers": "Calls of code at the data run at once (confined worker processes).",
+    "code_per_caller": "Of those, the most one caller may have running.",
+    "code_max_timeout": "The longest time limit (seconds) a caller may ask for a run.",
+    "code_cpu": "CPU seconds a call may use (0: a second more than its time limit).",
+    "code_memory": "Bytes of memory (heap and private mappings) a call may use (0: no limit).",
+    "code_uid": "As root: workers run as this uid (and gid) plus their number; pick a "
+    "range no user or service has.",
+    "allow_unisolated_code": "Run code even where a worker cannot be isolated (it can then "
+    "read what the node may, keys included); otherwise such a node refuses code.",
 }
 
 
