@@ -104,7 +104,7 @@ def test_remote_node_from_the_environment(cluster3: LocalCluster) -> None:
         (["put", "{oid}", "--offset", "0x10", "x"], 2, "--offset"),
         (["put", "{oid}"], 2, "empty"),
         (["create", "--size", "5000"], 2, "--size"),
-        (["create", "--home", "nowhere"], 1, "nowhere"),
+        (["create", "--home", "nowhere"], 2, "no member"),  # a usage error (400)
         (["deref", "{oid}", "--at", "0x1000"], 1, "NULL"),
         (["bogus"], 2, "No such command"),
     ],
