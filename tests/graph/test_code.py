@@ -266,3 +266,25 @@ def test_code_from_a_function_without_source() -> None:
     exec("def made(api, root):\n    return 1\n", namespace)
     with pytest.raises(CodeError, match="source of made is not available"):
         code_from_function(namespace["made"])
+
+
+def test_a_run_carries_its_callers_capabilities() -> None:
+    """``RunCode`` carries the caller's kuid and capabilities (docs/SECURITY.md §11):
+    they decode to the same ``Caller``; anything else is refused."""
+    from dtwz.errors import InvalidArgument
+    from dtwz.format.ids import ObjectId
+    from dtwz.graph.execute import MAX_CAPABILITIES, caller_of
+    from dtwz.security.capabilities import Rights, grant
+    from dtwz.security.keys import Identity
+
+    owner, who = Identity.generate("owner"), Identity.generate("who")
+    caps = tuple(
+        grant(owner, ObjectId(bytes([i]) * 16), who.kuid, Rights.READ, 2**40) for i in range(3)
+    )
+    caller = caller_of(who.kuid, [c.encode() for c in caps])
+    assert caller.kuid == who.kuid and caller.capabilities == caps
+    assert caller_of(caller.kuid, caller.encoded()) == caller
+    with pytest.raises(InvalidArgument, match="does not decode"):
+        caller_of(who.kuid, [b"not a capability"])
+    with pytest.raises(InvalidArgument, match=f"at most {MAX_CAPABILITIES}"):
+        caller_of(who.kuid, [caps[0].encode()] * (MAX_CAPABILITIES + 1))

@@ -258,7 +258,10 @@ def readable_roots(protect: Sequence[str]) -> list[str]:
     import dtwz
 
     guarded = [os.path.realpath(p) for p in protect]
-    candidates: list[str] = [*sysconfig.get_paths().values(), *sys.path]
+    try:
+        candidates: list[str] = [*sysconfig.get_paths().values(), *sys.path]
+    except ImportError:  # its configuration no longer readable (a uid changed): the path
+        candidates = list(sys.path)
     candidates += [os.path.dirname(os.path.realpath(sys.executable)), sys.prefix, sys.base_prefix]
     candidates += [os.path.dirname(os.path.realpath(dtwz.__file__)), *_SYSTEM_FOLDERS]
     roots: list[str] = []

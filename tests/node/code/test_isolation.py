@@ -12,8 +12,10 @@ Root-only tests become the worker's own uid as a root node does; the
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -256,3 +258,62 @@ def test_the_run_code_object_is_the_admins(tmp_path: Path) -> None:
     assert oid != run_code_object(admin.kuid, "other")
     assert oid != run_code_object(Identity.generate("x").kuid, "dtwz")
     assert isinstance(oid, ObjectId)
+
+
+def _confine_in_a_child(uid: int, protect: list[str], landlock: bool, allow: bool) -> str:
+    """What ``confine`` says in a forked child that became ``uid`` (as an unprivileged
+    node is), with or without Landlock: "ok <report>" or the error's text."""
+    from dtwz.node.code import isolation
+
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.close(read)
+        text = ""
+        try:
+            os.setgroups([])
+            os.setresgid(uid, uid, uid)
+            os.setresuid(uid, uid, uid)
+            if not landlock:
+                isolation.landlock_abi = lambda: 0  # a kernel without it
+            report = isolation.confine(
+                isolation.Confinement(protect=protect, allow_unisolated=allow)
+            )
+            text = f"ok {report.as_json()}"
+        except BaseException as exc:
+            text = f"{type(exc).__name__}: {exc}"
+        finally:
+            os.write(write, text.encode())
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as f:
+        said = f.read().decode()
+    os.waitpid(pid, 0)
+    return said
+
+
+@pytest.fixture
+def careless() -> Iterator[Path]:
+    """A secret every local user can read (pytest's own folders are root's only)."""
+    folder = Path(tempfile.mkdtemp(prefix="dtwz-careless-", dir="/tmp"))
+    try:
+        os.chmod(folder, 0o755)
+        secret = folder / "admin.id"
+        secret.write_bytes(b"key")
+        os.chmod(secret, 0o644)
+        yield secret
+    finally:
+        shutil.rmtree(folder)
+
+
+@as_root
+def test_without_landlock_an_unprivileged_worker_fails_closed(careless: Path) -> None:
+    secret = careless
+    said = _confine_in_a_child(UID, [str(secret)], landlock=False, allow=False)
+    assert said.startswith("IsolationError: cannot isolate the code worker"), said
+    assert f"the worker can open {secret}" in said and "no Landlock" in said
+    assert "--allow-unisolated-code" in said
+    opted_out = _confine_in_a_child(UID, [str(secret)], landlock=False, allow=True)
+    assert opted_out.startswith("ok ") and f"the worker can open {secret}" in opted_out
+    # with Landlock the same file is out of reach: nothing to refuse
+    assert _confine_in_a_child(UID, [str(secret)], landlock=True, allow=False).startswith("ok ")
