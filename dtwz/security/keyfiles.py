@@ -4,7 +4,8 @@ One folder, shared by the nodes of a cluster (a local cluster's ``keys/``, a
 compose volume), made on first start and never rewritten wholesale::
 
     admin.id              the admin identity (Ed25519, mode 0600)
-    node-<id>.id          each node's identity: signs its code worker's requests
+    node-<id>.id          each node's identity, trusted as the admin is (no code worker
+                          holds it: code runs as its caller, docs/SECURITY.md §11)
     curve-server.key      the cluster's CurveZMQ server key pair, shared by every ROUTER
     node-<id>.curve       each node's CurveZMQ client key pair (DEALER side)
     admitted.json         public halves only: the admin kuid, the trusted Ed25519
