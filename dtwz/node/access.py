@@ -10,12 +10,15 @@ writes, migrates, walks or runs code (docs/SECURITY.md §9):
    or, after the time window and an unused nonce, a known key), ``accept`` the
    signature over the body's digest. Only key objects (``is_key_header``) are
    ever read as keys;
-2. the admin and the cluster's nodes may do anything (a node's identity is what
-   its code worker signs with);
+2. the admin and the cluster's nodes may do anything;
 3. an object's owner (its header's kuid) may do anything with it;
 4. else the object's default protections, else a capability for the object in
    ``X-Dtwz-Capability`` that ``capabilities.verify`` accepts for the rights and
    bytes the operation needs.
+
+Running code at all needs x on the cluster's run-code object (``check_run_code``,
+``run_code_object``: the admin grants it), and the code then acts as its caller
+(docs/SECURITY.md §11).
 
 Headers come through ``ObjectService.header_of``, which checks the ID against
 the metadata; kuid and default protections are part of the ID, so they are
