@@ -114,6 +114,12 @@ class Transport:
         self.timeout = timeout
         self._pool = ConnectionPool(parts.scheme, parts.hostname, port, timeout)
 
+    def use_pool(self, pool: ConnectionPool) -> None:
+        """Send over ``pool``'s connections from now on (a code worker's connections
+        are handed to it by its node, not dialled)."""
+        self._pool.close()
+        self._pool = pool
+
     def close(self) -> None:
         self._pool.close()
 

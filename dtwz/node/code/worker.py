@@ -397,7 +397,7 @@ class DataClient(Client):
         self, channel: FrameSocket, store: GrantedObjects, *, timeout: float = DEFAULT_TIMEOUT
     ) -> None:
         super().__init__("http://dtwz-node", timeout=timeout)
-        self._channel.transport._pool = _ChannelPool(channel, timeout)
+        self._channel.transport.use_pool(_ChannelPool(channel, timeout))
         self.store = store
         self.remote_objects = 0  # copies fetched
         self.remote_reads = 0  # byte ranges read remotely
