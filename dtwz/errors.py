@@ -5,6 +5,9 @@ Every error that dtwz raises on purpose is a ``DtwzError``; third-party errors
 so callers never have to know which library sat underneath::
 
     DtwzError
+    ├── InvalidArgument             a value outside what the operation accepts (a ValueError)
+    │   ├── RequestTooLarge         a request body larger than its route takes
+    │   └── RequestTimeout          a request body that did not arrive in time
     ├── FormatError                 bytes that do not parse (header, FOT entry, log record)
     │   └── CorruptObject           an object that fails its checks (magic, CRC, ID, size)
     ├── PointerError                a persistent pointer that cannot be followed
