@@ -59,6 +59,7 @@ import asyncio
 import contextvars
 import itertools
 import logging
+import time
 from collections.abc import Awaitable, Callable, Coroutine, Generator
 from dataclasses import dataclass
 from typing import Any
@@ -164,6 +165,7 @@ class _Connection:
         self.pending: dict[int, asyncio.Future[Message]] = {}
         self.writers: list[asyncio.Future[None]] = []  # requests waiting for POLLOUT
         self.closed = False
+        self.replies = 0  # replies received: proof the peer answers on this connection
         self._fd = self.socket.fileno()  # ZMQ_FD
         self.loop.add_reader(self._fd, self.on_events)
 
@@ -201,6 +203,7 @@ class _Connection:
             if future is not None and not future.done():
                 future.set_exception(exc)
             return
+        self.replies += 1
         future = self.pending.get(request_id)
         if future is not None and not future.done():
             future.set_result(message)
@@ -263,6 +266,10 @@ class _Connection:
         self.wake_writers()
 
 
+class _ConnectionReset(Exception):
+    """A request's connection was closed under it (not by its own timeout)."""
+
+
 class _Resume:
     """Awaiting this finishes a coroutine that has already run its first step (and
     suspended, yielding ``yielded``) outside any Task: PEP 380's ``yield from``,
@@ -319,6 +326,7 @@ class PeerEndpoint:
             "bytes_out": 0,
             "malformed": 0,
             "timeouts": 0,
+            "resent": 0,  # reads sent again after a connection reset
         }
 
     async def start(self) -> str:
@@ -468,8 +476,27 @@ class PeerEndpoint:
     # -- requesting ------------------------------------------------------------
 
     async def request(self, addr: str, message: Message, timeout: float | None = None) -> Message:
-        """Send ``message`` to the peer at ``addr``; its reply (errors are raised)."""
+        """Send ``message`` to the peer at ``addr``; its reply (errors are raised).
+
+        A read (``message.IDEMPOTENT``) whose connection was closed under it by
+        something else (another request's timeout, a peer declared dead) is sent once
+        more on a fresh connection, within what is left of its time.
+        """
         timeout = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+        try:
+            return await self._request_once(addr, message, timeout)
+        except _ConnectionReset as exc:
+            left = deadline - time.monotonic()
+            if not message.IDEMPOTENT or left <= 0 or self._closed:
+                raise PeerUnavailable(str(exc)) from None
+            self.stats["resent"] += 1
+            try:
+                return await self._request_once(addr, message, left)
+            except _ConnectionReset as again:
+                raise PeerUnavailable(str(again)) from None
+
+    async def _request_once(self, addr: str, message: Message, timeout: float) -> Message:
         conn = self._connections.get(addr)
         if conn is None:
             if self._closed:
@@ -484,6 +511,7 @@ class PeerEndpoint:
         self.stats["requests_out"] += 1
         timer = loop.call_later(max(0.0, timeout), conn.expire, future)
         sent = -1
+        replies_before = conn.replies
         try:
             sent = conn.send(frames)
             if sent < 0:  # no live connection (yet) or a full queue: wait, bounded
@@ -491,11 +519,19 @@ class PeerEndpoint:
             if sent >= 0:
                 self.stats["bytes_out"] += sent
             reply = await future
-        except (TimeoutError, PeerUnavailable) as exc:
+        except PeerUnavailable as exc:
+            # the connection closed under this request: not its own timeout
+            self._drop(addr, conn, "closed")
+            raise _ConnectionReset(str(exc)) from None
+        except TimeoutError:
             self.stats["timeouts"] += 1
-            self._drop(addr, conn, "timed out")
-            if not isinstance(exc, TimeoutError):
-                raise
+            # A connection that answered something sent after this request is alive:
+            # this request was delivered ahead of it (one ordered stream) or lost with
+            # the peer's previous incarnation, so nothing of it can arrive late, and
+            # dropping the connection would only fail the requests in flight on it
+            # (a peer that restarted would see its first answers thrown away).
+            if sent < 0 or conn.replies == replies_before:
+                self._drop(addr, conn, "timed out")
             if sent < 0:
                 raise PeerUnavailable(f"no connection to {addr} within {timeout:g}s") from None
             raise PeerUnavailable(f"{addr} did not answer within {timeout:g}s") from None

@@ -123,6 +123,9 @@ class Message:
     __slots__ = ()
 
     OP: ClassVar[int] = 0
+    # a request the receiver may get twice with the same effect as once (a read):
+    # the peer endpoint sends it again when a connection reset cut it off
+    IDEMPOTENT: ClassVar[bool] = False
     REGISTRY: ClassVar[dict[int, type[Message]]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -244,6 +247,7 @@ class Locate(Message):
     """Ask a directory holder for an object's record (reply: ``Location``)."""
 
     OP = 20
+    IDEMPOTENT = True
     object_id: ObjectId
 
 
@@ -274,6 +278,7 @@ class Fetch(Message):
     """
 
     OP = 30
+    IDEMPOTENT = True
     object_id: ObjectId
     offset: U64
     length: U64
@@ -404,6 +409,7 @@ class FetchMany(Message):
     in the reply's ``missing``."""
 
     OP = 32
+    IDEMPOTENT = True
     object_ids: list[ObjectId]
     register_copy: bool
     requester: str

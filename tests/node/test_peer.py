@@ -38,6 +38,9 @@ async def bounded(aw: Awaitable[T], seconds: float = BOUND) -> T:
     return await asyncio.wait_for(aw, seconds)
 
 
+_SLOW_FETCHES: list[int] = []
+
+
 async def handler(m: Message) -> Message:
     """A small server. ``Ping(sender)`` is a command:
 
@@ -62,6 +65,11 @@ async def handler(m: Message) -> Message:
             return Ack()
         case Create(data=data):  # echo the digest: the request payload arrived intact
             return Created(ObjectId(hashlib.sha256(data).digest()[:16]), len(data), 0)
+        case Fetch(offset=1, length=length):  # slow the first time each is asked
+            _SLOW_FETCHES.append(length)
+            if _SLOW_FETCHES.count(length) == 1:
+                await asyncio.sleep(2)
+            return ObjectData(OID, 1, 0, 0, 0, 0, b"h", _pattern(length), b"")
         case Fetch(length=length):
             return ObjectData(OID, 1, 0, 0, 0, 0, b"h", _pattern(length), b"")
     return ErrorReply("ProtocolError", "not a request")
@@ -422,6 +430,26 @@ async def test_one_timeout_fails_the_others_on_that_connection_as_peer_unavailab
         results = await bounded(asyncio.gather(*others, return_exceptions=True), 5.0)
         assert all(type(r) is PeerUnavailable for r in results), (addr, results)
     assert await bounded(client.request(server_addr, Ping("2"), timeout=5.0)) == Ack(2)
+
+
+async def test_a_read_cut_off_by_another_requests_timeout_is_sent_again(
+    endpoint: Factory,
+) -> None:
+    """A Fetch in flight when a timed-out request drops the connection is sent once
+    more on a fresh connection (reads may arrive twice); a Ping, which is not marked
+    idempotent, fails as before (the test above)."""
+    _, server_addr = await endpoint()
+    client, _ = await endpoint(timeout=10.0)
+    length = 1000 + len(_SLOW_FETCHES)  # unique: the handler is slow once per length
+    read = asyncio.ensure_future(
+        client.request(server_addr, Fetch(OID, 1, length, False, False, "me"))
+    )
+    await asyncio.sleep(0.05)
+    with pytest.raises(PeerUnavailable):
+        await bounded(client.request(server_addr, Ping("slow"), timeout=0.3), 5.0)
+    reply = await bounded(read, 5.0)
+    assert isinstance(reply, ObjectData) and reply.data == _pattern(length)
+    assert client.stats["resent"] == 1
 
 
 async def test_requests_both_ways_at_once_all_meet_their_replies(endpoint: Factory) -> None:
