@@ -37,6 +37,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from dtwz.errors import (
     AccessDenied,
@@ -70,9 +71,15 @@ _DECIMAL = re.compile(r"0|[1-9][0-9]{0,18}")  # no leading zeros: one spelling
 _HEX = re.compile(r"[0-9a-f]*")
 
 
+_CI_HEADERS = (CIMultiDictProxy, CIMultiDict)  # case-insensitive header mappings
+
+
 def body_sha256(body: bytes) -> bytes:
     """The body digest that requests sign (of the empty body when there is none)."""
-    return hashlib.sha256(body).digest()
+    return hashlib.sha256(body).digest() if body else EMPTY_BODY_SHA256
+
+
+EMPTY_BODY_SHA256 = hashlib.sha256(b"").digest()
 
 
 def canonical_request(
@@ -157,7 +164,12 @@ class SignedHeaders(NamedTuple):  # a tuple: made once per request, cheaply
     def parse(cls, headers: Mapping[str, str]) -> SignedHeaders:
         """The proof headers of a request (names case-insensitive); ``AccessDenied``
         when one is missing or malformed."""
-        fields = {name.lower(): value for name, value in headers.items()}
+        # aiohttp's headers already answer case-insensitively: no lower-cased copy
+        fields = (
+            headers
+            if isinstance(headers, _CI_HEADERS)
+            else {name.lower(): value for name, value in headers.items()}
+        )
         kuid = _key_id(_header(fields, KEY_HEADER))
         nonce = bytes.fromhex(_header(fields, NONCE_HEADER, _HEX, 2 * NONCE_BYTES))
         return cls(
@@ -559,7 +571,7 @@ def session_key(
 
 
 def session_mac(key: bytes, message: bytes) -> bytes:
-    return hmac.new(key, message, hashlib.sha512).digest()
+    return hmac.digest(key, message, "sha512")  # one-shot, in C: the same HMAC
 
 
 @dataclass(frozen=True, slots=True)
