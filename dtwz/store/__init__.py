@@ -3,6 +3,7 @@
 ``store`` (``Store``: open, commit with a redo log and group commit, checkpoint
 and recovery), ``transaction`` (``Transaction``, the only way to change objects),
 ``objects`` (``StoredObject``: one object mapped shared, zero-copy reads and
-pointer dereference), ``redo`` (the redo record format), ``locks`` (object locks
-that hold across threads and processes) and ``copies`` (``CopyCache``: read-only
-copies of objects homed elsewhere). It knows nothing of other nodes."""
+pointer dereference), ``mapping`` (object files mapped without a descriptor
+each), ``redo`` (the redo record format), ``locks`` (object locks that hold
+across threads and processes) and ``copies`` (``CopyCache``: read-only copies of
+objects homed elsewhere). It knows nothing of other nodes."""

@@ -33,7 +33,6 @@ from __future__ import annotations
 import bisect
 import contextlib
 import ctypes
-import functools
 import json
 import mmap
 import os
@@ -59,6 +58,7 @@ from dtwz.store.locks import (
     ProcessMutex,
     ProcessSharedLock,
 )
+from dtwz.store.mapping import WITHOUT_DESCRIPTORS, map_file
 from dtwz.store.objects import NameResolver, StoredObject
 from dtwz.store.redo import CreateOp, DeleteOp, RedoOp, WriteOp, decode_log, encode_record
 from dtwz.store.transaction import Transaction
@@ -114,7 +114,7 @@ class Store:
         # mapping points to stay mapped through it; the rest: sockets, logs, the WAL)
         limit = _raise_open_file_limit()
         self._max_mappings = (
-            _MAX_OPEN_MAPPINGS if _libc is not None else min(_MAX_OPEN_MAPPINGS, limit * 3 // 8)
+            _MAX_OPEN_MAPPINGS if WITHOUT_DESCRIPTORS else min(_MAX_OPEN_MAPPINGS, limit * 3 // 8)
         )
         _OPEN_STORES.add(self)
         self._closed = False
@@ -248,7 +248,7 @@ class Store:
                 raise CorruptObject(
                     f"object {oid.hex()} is {size} bytes on disk, its header says {header.max_size}"
                 )
-            mapping = _map_shared(fd, size)
+            mapping = map_file(fd, size, writable=True)
         except CorruptObject as exc:
             raise CorruptObject(f"{exc} ({path})") from exc
         finally:
@@ -604,47 +604,6 @@ try:
     _libc.syncfs.argtypes = [ctypes.c_int]
 except (OSError, AttributeError):  # not Linux/glibc: fall back to fsync per file
     _libc = None
-_MAP_FAILED = ctypes.c_void_p(-1).value
-if _libc is not None:
-    try:
-        _libc.mmap.restype = ctypes.c_void_p
-        _libc.mmap.argtypes = [
-            ctypes.c_void_p,
-            ctypes.c_size_t,
-            ctypes.c_int,
-            ctypes.c_int,
-            ctypes.c_int,
-            ctypes.c_long,
-        ]
-        _libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-    except AttributeError:
-        _libc = None
-
-
-def _map_shared(fd: int, size: int) -> ctypes.Array[ctypes.c_char] | mmap.mmap:
-    """A shared read-write mapping of ``size`` bytes of ``fd`` that holds no descriptor.
-
-    Python's ``mmap`` keeps a duplicate of the descriptor for as long as the mapping
-    lives, so a process could map only as many objects as it may open files. This
-    maps with mmap(2) directly: the mapping is a ctypes array, unmapped when the
-    array is collected, which no view of it can outlive (a memoryview keeps its
-    exporter alive). Where libc cannot be called, Python's ``mmap`` it is.
-    """
-    if _libc is None:
-        return mmap.mmap(fd, size)
-    addr = _libc.mmap(None, size, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_SHARED, fd, 0)
-    if addr is None or addr == _MAP_FAILED:
-        errno = ctypes.get_errno()
-        raise OSError(errno, f"mmap: {os.strerror(errno)}")
-    array = _mapping_type(size).from_address(addr)
-    weakref.finalize(array, _libc.munmap, addr, size)
-    return array
-
-
-@functools.cache
-def _mapping_type(size: int) -> type[ctypes.Array[ctypes.c_char]]:
-    # a subclass: plain ctypes arrays cannot be weakly referenced (the finalizer)
-    return type(f"Mapping{size}", (ctypes.c_char * size,), {})
 
 
 def _syncfs(fd: int) -> bool:

@@ -11,14 +11,10 @@ caller's identity and capabilities, for this call only (docs/SECURITY.md §11).
 
 from __future__ import annotations
 
-import ctypes
-import functools
 import http.client
-import mmap
 import os
 import socket
 import threading
-import weakref
 from collections import OrderedDict
 from collections.abc import Callable
 
@@ -28,49 +24,13 @@ from dtwz.errors import CodeError
 from dtwz.format.ids import ObjectId
 from dtwz.format.layout import DATA_START, HEADER_RECORD_SIZE, ObjectHeader
 from dtwz.node.code.frames import FrameSocket, close_all
+from dtwz.store.mapping import map_file
 from dtwz.store.objects import NameResolver, StoredObject
 
 __all__ = ["MAX_MAPPINGS", "MAX_PENDING", "DataClient", "GrantedObjects"]
 
 MAX_PENDING = 256  # descriptors handed over ahead of need, kept until mapped
 MAX_MAPPINGS = 16384  # objects one call keeps mapped (each is a VMA)
-
-
-_libc: ctypes.CDLL | None
-try:
-    _libc = ctypes.CDLL(None, use_errno=True)
-    _libc.mmap.restype = ctypes.c_void_p
-    _libc.mmap.argtypes = [
-        ctypes.c_void_p,
-        ctypes.c_size_t,
-        ctypes.c_int,
-        ctypes.c_int,
-        ctypes.c_int,
-        ctypes.c_long,
-    ]
-    _libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-except (OSError, AttributeError):
-    _libc = None
-_MAP_FAILED = ctypes.c_void_p(-1).value
-
-
-def _map_read_only(fd: int, size: int) -> ctypes.Array[ctypes.c_char] | mmap.mmap:
-    """A read-only shared mapping of ``size`` bytes of ``fd`` that keeps no descriptor."""
-    if _libc is None:
-        return mmap.mmap(fd, size, prot=mmap.PROT_READ)
-    addr = _libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
-    if addr is None or addr == _MAP_FAILED:
-        err = ctypes.get_errno()
-        raise OSError(err, f"mmap: {os.strerror(err)}")
-    mapped = _mapping_type(size).from_address(addr)
-    weakref.finalize(mapped, _libc.munmap, addr, size)
-    return mapped
-
-
-@functools.cache
-def _mapping_type(size: int) -> type[ctypes.Array[ctypes.c_char]]:
-    # a subclass: plain ctypes arrays cannot be weakly referenced (the finalizer)
-    return type(f"ReadOnly{size}", (ctypes.c_char * size,), {})
 
 
 class GrantedObjects:
@@ -157,7 +117,7 @@ class GrantedObjects:
         header = ObjectHeader.decode(os.pread(fd, HEADER_RECORD_SIZE, 0), check_id=False)
         if header.object_id != oid or size != header.max_size:
             raise CodeError(f"the node handed over another object than {oid.hex()}")
-        return StoredObject(self, ObjectId(oid), _map_read_only(fd, size))
+        return StoredObject(self, ObjectId(oid), map_file(fd, size, writable=False))
 
     def get(self, oid: ObjectId) -> StoredObject:
         obj = self.mapped(oid)
