@@ -24,24 +24,22 @@ read of one object (what a call costs on its own, beside a plain request).
 from __future__ import annotations
 
 import contextlib
-import struct
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from rich.console import Console
 
+from bench.bench_graph import build_list
+from bench.bench_graph import traverse_code as traverse
 from bench.common import check_dir, parser, scratch_dir
 from bench.report import Report, Row
 from bench.timing import measure_interleaved
-from dtwz.format.ids import ObjectId
 from dtwz.format.layout import DATA_START
 from dtwz.node import launcher as local_cluster
 from dtwz.store.store import Store
 
 _LOG = Console(stderr=True)
-ITEM_SIZE = 8192
-NEXT = DATA_START + 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,32 +50,6 @@ class Scale:
 
 FULL = Scale(repeat=15, objects=1000)
 QUICK = Scale(repeat=5, objects=200)
-
-
-def build_list(store: Store, items: int, batch: int = 1000) -> ObjectId:
-    """A list of ``items`` objects, value i at DATA_START, next pointer at NEXT; its head."""
-    ids: list[ObjectId] = []
-    for start in range(0, items, batch):
-        with store.transaction() as tx:
-            for i in range(start, min(items, start + batch)):
-                oid = tx.create(ITEM_SIZE)
-                tx.append(oid, struct.pack("<QQ", i, 0))
-                ids.append(oid)
-    for start in range(0, items - 1, batch):
-        with store.transaction() as tx:
-            for i in range(start, min(items - 1, start + batch)):
-                tx.write_pointer(ids[i], NEXT, ids[i + 1], DATA_START)
-    return ids[0]
-
-
-def traverse(api, root):  # type: ignore[no-untyped-def]  # shipped as it is
-    obj, total = api.get(root), 0
-    while True:
-        total += obj.read_u64(0x1000)
-        word = obj.read_u64(0x1008)
-        if not word:
-            return total
-        obj, _ = obj.follow(word)
 
 
 def nothing(api, root):  # type: ignore[no-untyped-def]
