@@ -220,7 +220,11 @@ class Node:
         secrets = (keys, keys / "admin.id", keys / f"node-{self.node_id}.id")
         url = urlsplit(c.http_url)
         host = StoreCodeHost(
-            store, lambda caller_of: build_code_app(self, caller_of), lambda: self.access
+            store,
+            lambda caller_of: build_code_app(
+                self, caller_of, HttpLimits(c.max_uploads, c.body_timeout, c.header_timeout)
+            ),
+            lambda: self.access,
         )
         return CodeRunner(
             host,

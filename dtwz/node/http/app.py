@@ -320,14 +320,19 @@ CODE_REFUSED = frozenset({"/keys", "/session", "/code/run", "/metrics", "/"})
 
 
 def build_code_app(
-    node: NodeApi, caller_of: Callable[[web.Request], Caller | None]
+    node: NodeApi,
+    caller_of: Callable[[web.Request], Caller | None],
+    limits: HttpLimits | None = None,
 ) -> web.Application:
     """The node's routes (less ``CODE_REFUSED``) for the processes that run code:
     served on connections the node hands one call (``dtwz.node.code.host``), never
     on a port. A request proves nothing itself: it acts as the caller of the call
     its connection belongs to (``caller_of``), with that caller's capabilities and
     those it brings, and is checked like any of that caller's; a connection whose
-    call is over is refused. Errors answer as ``build_app``'s do."""
+    call is over is refused. Bodies have the same limits as on the port (per route,
+    in time, a bound on those read at once). Errors answer as ``build_app``'s do."""
+    limits = limits or HttpLimits()
+    uploads = asyncio.Semaphore(limits.max_uploads)
 
     @web.middleware
     async def as_caller(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -335,6 +340,9 @@ def build_code_app(
             caller = caller_of(request)
             if caller is None:
                 raise AccessDenied("the call this connection was made for is over")
+            resource = request.match_info.route.resource
+            route = resource.canonical if resource else "?"
+            request = await read_body(request, body_limit(node, request, route), uploads, limits)
             request["accessor"] = caller.kuid
             brought = parse_capabilities(request.headers.get(CAPABILITY_HEADER))
             request["caps"] = [*caller.capabilities, *brought]

@@ -116,6 +116,8 @@ def steal(api, root, victim, how):
         return api.run(root, root)
     if how == "session":
         return api._channel.call("POST", "/session", body=b"x" * 32).json()
+    if how == "oversized":
+        return api._channel.call("POST", "/names/bind", body=b"[" * (4 << 20)).json()
     raise ValueError(how)
 """
 
@@ -294,6 +296,14 @@ def test_a_call_cannot_act_beyond_itself(cluster: LocalCluster, alice: Client) -
     for how in ("session", "run"):
         with pytest.raises(CodeError, match="steal raised"):
             alice.run(code, root, root.hex(), how, where="n1")
+
+
+def test_a_calls_bodies_have_the_routes_limits(cluster: LocalCluster, alice: Client) -> None:
+    """A body past its route's limit is refused on a call's channel as on the port."""
+    root = alice.create(16384, b"", node="n1")
+    code = alice.put_code(STEAL, "steal", node="n1")
+    with pytest.raises(CodeError, match="RequestTooLarge"):
+        alice.run(code, root, root.hex(), "oversized", where="n1")
 
 
 # -- sharing and limits ---------------------------------------------------------------------------
